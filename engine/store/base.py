@@ -19,7 +19,7 @@ from typing import Protocol
 
 import msgspec
 
-from engine.policy.types import AccountSnapshot, Code, EndReason
+from engine.policy.types import AccountSnapshot, Code, EndReason, Refusal
 
 
 class Account(msgspec.Struct, frozen=True, kw_only=True):
@@ -29,11 +29,6 @@ class Account(msgspec.Struct, frozen=True, kw_only=True):
     balance_micro: int
     auto_topup_threshold_micro: int | None = None
     auto_topup_amount_micro: int | None = None
-
-
-class Refusal(msgspec.Struct, frozen=True, kw_only=True):
-    code: Code
-    message: str
 
 
 class SessionStart(msgspec.Struct, frozen=True, kw_only=True):
@@ -156,7 +151,15 @@ class Store(Protocol):
         """
         ...
 
-    async def snapshot(self, account_id: str, now_utc: float, exclude_session: str | None) -> AccountSnapshot: ...
+    async def snapshot(
+        self, account_id: str, now_utc: float, exclude_session: str | None
+    ) -> AccountSnapshot: ...
+
+    async def session_snapshot(self, session_id: str, now_utc: float) -> tuple[AccountSnapshot, int]:
+        """The session's account snapshot (excluding the session from active counts) and,
+        read in the same transaction, the seq of its last committed checkpoint (the
+        ``persisted_seq`` that ``SessionPolicy.refresh_account`` takes)."""
+        ...
 
     async def checkpoint(self, cp: Checkpoint) -> None:
         """Queue a checkpoint for the next group commit (at most ~1 s later)."""

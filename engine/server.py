@@ -92,6 +92,7 @@ class Engine:
         self._listen_scope: trio.CancelScope | None = None
         self._stopped = trio.Event()
         self._closing = False
+        self._background: trio.CancelScope | None = None
 
     # ---- time ---------------------------------------------------------------
 
@@ -110,6 +111,13 @@ class Engine:
     def dialect_for(self, path: str) -> Dialect | None:
         if path in ("/v1/stream", "/v1/stream/"):
             return V1Dialect()
+        if path == "/v2" or path.startswith("/v2/"):
+            # Speechmatics Real-Time v2: /v2 or /v2/<language> (speechmatics-python appends it)
+            from engine.dialects.speechmatics import V2Dialect
+
+            language = path[4:].strip("/")
+            if "/" not in language:
+                return V2Dialect(language=language or None)
         return None
 
     def limits_for(self, plan: Plan) -> dict[str, int | None]:
@@ -141,10 +149,9 @@ class Engine:
         recovered = await self.store.recover(self.utc(trio.current_time()))
         if recovered:
             log.info("settled %d session(s) left by processes that died", recovered)
+        self._ensure_background()
         s = self.settings
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._lease_loop)
-            nursery.start_soon(self._recover_loop)
             self._listen_scope = trio.CancelScope()
             server = await nursery.start(
                 partial(
@@ -206,7 +213,24 @@ class Engine:
             return
         await self._run_actor(SessionActor(self, conn, d, account))
 
+    def _ensure_background(self) -> None:
+        """Lease renewal and recovery run whenever sessions may run, whether through
+        :meth:`serve` or :meth:`run_connection` (as Trio system tasks, ended by shutdown)."""
+        if self._background is not None:
+            return
+        self._background = trio.CancelScope()
+
+        async def background() -> None:
+            assert self._background is not None
+            with self._background:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._lease_loop)
+                    nursery.start_soon(self._recover_loop)
+
+        trio.lowlevel.spawn_system_task(background, name="engine background")
+
     async def _run_actor(self, actor: SessionActor) -> None:
+        self._ensure_background()
         self._actors.add(actor)
         try:
             if self._closing:
@@ -255,6 +279,8 @@ class Engine:
         try:
             await self.store.flush()
         finally:
+            if self._background is not None:
+                self._background.cancel()
             self._stopped.set()
 
 

@@ -182,7 +182,7 @@ class SessionActor:
                 resume_window_s=config.rules.resume_window_s,
                 resume_id=start.resume,
             ),
-            lambda snap: _refusal(admission.check_admission(config, plan, model, snap)),
+            lambda snap: admission.check_admission(config, plan, model, snap),
         )
         if isinstance(result, Refusal):
             self.request_end(EndReason.POLICY, result.code, result.message)
@@ -392,14 +392,12 @@ class SessionActor:
     async def _refresh_balance(self) -> None:
         policy = self.policy
         assert policy is not None and self.session_id is not None
-        # flush first: the snapshot then reflects every checkpoint issued, which is
-        # what refresh_account assumes without persisted_seq (exact, no overrun)
-        await self._send_checkpoint()
-        await self.engine.store.flush()
-        snap = await self.engine.store.snapshot(
-            self.account.account_id, self.engine.utc(trio.current_time()), self.session_id
+        # the snapshot reflects this session's checkpoints up to persisted_seq (read in
+        # the same transaction); the policy adds what is still queued: exact, no flush
+        snap, persisted_seq = await self.engine.store.session_snapshot(
+            self.session_id, self.engine.utc(trio.current_time())
         )
-        for ev in policy.refresh_account(trio.current_time(), snap):
+        for ev in policy.refresh_account(trio.current_time(), snap, persisted_seq):
             await self._on_event(ev)
 
     def _store_checkpoint(self, now: float) -> StoreCheckpoint:
@@ -475,9 +473,4 @@ class SessionActor:
                 pass
         return receipt
 
-
-def _refusal(r: Any) -> Refusal | None:
-    if r is None:
-        return None
-    return Refusal(code=r.code, message=r.message)
 

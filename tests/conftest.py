@@ -94,8 +94,20 @@ def config() -> EngineConfig:
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+async def threaded_store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    """The store as `engine serve` runs it (a worker thread): for real-clock tests."""
     s = await SqliteStore.open(str(tmp_path / "engine.db"))
+    try:
+        yield s
+    finally:
+        await s.aclose()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
+    # threaded=False: under autojump_clock, virtual time would jump while a worker thread
+    # runs (e.g. past a 30 s lease); the store's own tests cover the threaded mode
+    s = await SqliteStore.open(str(tmp_path / "engine.db"), threaded=False)
     try:
         yield s
     finally:

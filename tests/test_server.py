@@ -24,9 +24,9 @@ async def start_server(nursery: trio.Nursery, engine) -> str:
 
 
 @pytest.mark.trio
-async def test_stream_a_file_over_loopback_fast(store):
-    engine = make_engine(store, utc_offset=None)
-    key = await new_account(store, "pro", credits=1000)
+async def test_stream_a_file_over_loopback_fast(threaded_store):
+    engine = make_engine(threaded_store, utc_offset=None)
+    key = await new_account(threaded_store, "pro", credits=1000)
     audio = AudioFile(data=speech_like(20.0), encoding="pcm_s16le", sample_rate=SR, channels=1)
     async with trio.open_nursery() as nursery:
         url = await start_server(nursery, engine)
@@ -37,14 +37,14 @@ async def test_stream_a_file_over_loopback_fast(store):
     assert result.started is not None and result.ended is not None
     assert result.ended.audio_duration == 20.0
     assert parse_credits(result.ended.credits_used) == 40 * MICRO
-    acct = await store.authenticate(key)
+    acct = await threaded_store.authenticate(key)
     assert acct.balance_micro == 960 * MICRO
 
 
 @pytest.mark.trio
-async def test_token_query_parameter_for_browsers(store):
-    engine = make_engine(store, utc_offset=None)
-    key = await new_account(store)
+async def test_token_query_parameter_for_browsers(threaded_store):
+    engine = make_engine(threaded_store, utc_offset=None)
+    key = await new_account(threaded_store)
     async with trio.open_nursery() as nursery:
         url = await start_server(nursery, engine)
         async with open_websocket_url(f"{url}/v1/stream?token={key}") as ws:
@@ -67,9 +67,9 @@ async def test_token_query_parameter_for_browsers(store):
     ("/v1/stream?token=wrong", [], 401),
     ("/nope", [], 404),
 ])
-async def test_handshake_refusals(store, path, headers, status):
-    engine = make_engine(store, utc_offset=None)
-    await new_account(store)
+async def test_handshake_refusals(threaded_store, path, headers, status):
+    engine = make_engine(threaded_store, utc_offset=None)
+    await new_account(threaded_store)
     async with trio.open_nursery() as nursery:
         url = await start_server(nursery, engine)
         with pytest.raises(ConnectionRejected) as info:
@@ -83,13 +83,13 @@ async def test_handshake_refusals(store, path, headers, status):
 
 
 @pytest.mark.trio
-async def test_websocket_pings_count_as_keepalive(store):
+async def test_websocket_pings_count_as_keepalive(threaded_store):
     """Seed 003: no audio or ping/pongs for 3 min ends a session; WebSocket pings count."""
     config_text = "[rules]\nkeepalive_timeout_s = 2\nidle_timeout_s = 100\nwarn_before_s = []\n"
     from .conftest import toml
 
-    engine = make_engine(store, toml(config_text), utc_offset=None, settings=ServerSettings(checkpoint_interval_s=0.2))
-    key = await new_account(store)
+    engine = make_engine(threaded_store, toml(config_text), utc_offset=None, settings=ServerSettings(checkpoint_interval_s=0.2))
+    key = await new_account(threaded_store)
     async with trio.open_nursery() as nursery:
         url = await start_server(nursery, engine)
         headers = [(b"Authorization", f"Bearer {key}".encode())]

@@ -13,6 +13,7 @@ import trio
 from engine.dialects import v1
 from engine.policy.money import parse_credits
 from engine.policy.types import MICRO
+from engine.server import ServerSettings
 
 from .conftest import (
     CHUNK,
@@ -162,7 +163,8 @@ async def test_48_hour_hard_cap(store, autojump_clock):
         max_session_s = 360000
         """
     )
-    engine = make_engine(store, config)
+    # 48 h of 1 s checkpoints would be 172,800 commits: checkpoint every 10 min here
+    engine = make_engine(store, config, settings=ServerSettings(checkpoint_interval_s=600))
     key = await new_account(store, "enterprise", credits=10_000_000)
     async with trio.open_nursery() as nursery:
         c = await open_client(nursery, engine, key)

@@ -62,20 +62,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _serve(args: Any) -> int:
-    from engine.policy.config import ConfigError, load_config
-    from engine.server import Engine
+    from engine.policy.config import ConfigError
+    from engine.server import Engine, load_settings
     from engine.store.sqlite import SqliteStore
 
     log = logging.getLogger("engine")
     try:
-        config = load_config(args.config)
-    except (ConfigError, OSError) as exc:
-        print(f"engine: {exc}", file=sys.stderr)
+        config, settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"engine: config: {exc}", file=sys.stderr)
         return 2
     db = args.serve_db or args.db
     store = await SqliteStore.open(db)
     try:
-        engine = Engine(config, store)
+        engine = Engine(config, store, settings=settings)
         async with trio.open_nursery() as nursery:
             server = await nursery.start(engine.serve, args.host, args.port)
             log.info("engine serving ws://%s:%d/v1/stream (db %s)", args.host, server.port, db)

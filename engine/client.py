@@ -114,27 +114,30 @@ async def stream_audio(
                     model=model,
                     resume=resume,
                 )
-                await ws.send_message(v1.encode(start))
-                await started.wait()
-                if result.started is not None and result.error is None:
-                    t0 = trio.current_time()
-                    sent_s = 0.0
-                    for off in range(0, len(audio.data), chunk):
-                        if result.error is not None or result.ended is not None:
-                            break
-                        now = trio.current_time()
-                        if paused_until[0] > now:
-                            await trio.sleep_until(paused_until[0])
-                        if not fast:
-                            await trio.sleep_until(t0 + sent_s)
-                        piece = audio.data[off : off + chunk]
-                        await ws.send_message(piece)
-                        result.bytes_sent += len(piece)
-                        sent_s += len(piece) / bpf / audio.sample_rate
-                        if on_progress is not None:
-                            on_progress(sent_s)
-                    if close and result.error is None and result.ended is None:
-                        await ws.send_message(v1.encode(v1.Close()))
+                try:
+                    await ws.send_message(v1.encode(start))
+                    await started.wait()
+                    if result.started is not None and result.error is None:
+                        t0 = trio.current_time()
+                        sent_s = 0.0
+                        for off in range(0, len(audio.data), chunk):
+                            if result.error is not None or result.ended is not None:
+                                break
+                            now = trio.current_time()
+                            if paused_until[0] > now:
+                                await trio.sleep_until(paused_until[0])
+                            if not fast:
+                                await trio.sleep_until(t0 + sent_s)
+                            piece = audio.data[off : off + chunk]
+                            await ws.send_message(piece)
+                            result.bytes_sent += len(piece)
+                            sent_s += len(piece) / bpf / audio.sample_rate
+                            if on_progress is not None:
+                                on_progress(sent_s)
+                        if close and result.error is None and result.ended is None:
+                            await ws.send_message(v1.encode(v1.Close()))
+                except ConnectionClosed:
+                    pass  # the server ended the session; the reader has its last words
                 # the reader ends when the server closes
     except ConnectionClosed:
         pass

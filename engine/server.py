@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 import time
+import tomllib
 import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -32,7 +33,7 @@ from trio_websocket import WebSocketRequest, WebSocketServer, serve_websocket
 from engine.audio import VadConfig
 from engine.dialects.base import Dialect
 from engine.dialects.v1 import V1Dialect
-from engine.policy.config import EngineConfig
+from engine.policy.config import ConfigError, EngineConfig, config_from_dict, load_config
 from engine.policy.types import Code, EndReason, Plan
 from engine.session import AudioFrame, SessionActor
 from engine.store.base import Account, Store
@@ -43,8 +44,11 @@ log = logging.getLogger("engine.server")
 Sink = Callable[[AudioFrame], Awaitable[None]]
 
 
-class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
-    """Process-level knobs (not plan policy). Seconds unless named."""
+class ServerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Process-level knobs (not plan policy), the ``[server]`` table of the config file.
+
+    Seconds unless named.
+    """
 
     start_timeout_s: float = 10.0  # the start message must come this soon
     lease_s: float = 30.0  # a session's lease; renewed every lease_renew_s
@@ -57,6 +61,26 @@ class ServerSettings(msgspec.Struct, frozen=True, kw_only=True):
     message_queue_size: int = 64
     receive_buffer_size: int = 65536
     sink_queue: int = 16
+
+
+def load_settings(path: str | None) -> tuple[EngineConfig, ServerSettings]:
+    """The config file: plans, models and rules (see engine.policy.config), plus an
+    optional ``[server]`` table of :class:`ServerSettings`. Raises ConfigError."""
+    if path is None:
+        return load_config(None), ServerSettings()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError("", f"cannot read config file {path!r}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError("", f"{path}: invalid TOML: {e}") from None
+    server = data.pop("server", {})
+    try:
+        settings = msgspec.convert(server, ServerSettings)
+    except msgspec.ValidationError as e:
+        raise ConfigError("server", str(e)) from None
+    return config_from_dict(data), settings
 
 
 def _bearer(headers: list[tuple[bytes, bytes]]) -> str | None:

@@ -443,3 +443,52 @@ async def test_one_faulty_session_leaves_fifty_others_streaming(store, autojump_
         assert code == 1000 and not errs
         assert parse_credits(ended.credits_used) == 12 * MICRO
         assert await balance(store, keys[i]) == 988 * MICRO
+
+
+@pytest.mark.trio
+async def test_resume_within_five_minutes_continues_duration_and_billing(store, autojump_clock):
+    engine = make_engine(store)
+    key = await new_account(store, "pro", credits=1000)
+    other = await new_account(store, "pro", credits=1000)
+    async with trio.open_nursery() as nursery:
+        c = await open_client(nursery, engine, key)
+        started = await c.start()
+        await stream(c, speech_like(5.0))
+        await trio.sleep(0.5)
+        c.conn.abort()  # dropped without close
+        await trio.sleep(120)
+
+        # another account cannot take it over
+        thief = await open_client(nursery, engine, other)
+        err = await thief.start(resume=started.session_id)
+        assert isinstance(err, v1.Error) and err.code == "SESSION_NOT_FOUND"
+
+        c2 = await open_client(nursery, engine, key)
+        again = await c2.start(resume=started.session_id)
+        assert isinstance(again, v1.SessionStarted), again
+        assert again.session_id == started.session_id and again.resumed
+        await stream(c2, speech_like(5.0, seed=1))
+        await c2.send(v1.Close())
+        ended = await c2.recv_until(v1.SessionEnded)
+    assert ended.audio_duration == 10.0
+    assert parse_credits(ended.credits_used) == 20 * MICRO  # both parts, billed once each
+    assert ended.duration >= 10.0
+    assert await balance(store, key) == 980 * MICRO
+    assert await balance(store, other) == 1000 * MICRO
+
+
+@pytest.mark.trio
+async def test_resume_after_five_minutes_is_refused(store, autojump_clock):
+    engine = make_engine(store)
+    key = await new_account(store, "pro", credits=1000)
+    async with trio.open_nursery() as nursery:
+        c = await open_client(nursery, engine, key)
+        started = await c.start()
+        await stream(c, speech_like(3.0))
+        c.conn.abort()
+        await trio.sleep(301)
+        c2 = await open_client(nursery, engine, key)
+        err = await c2.start(resume=started.session_id)
+        assert isinstance(err, v1.Error) and err.code == "SESSION_NOT_FOUND"
+        assert await c2.drain() == 1008
+    assert await balance(store, key) == 994 * MICRO

@@ -23,13 +23,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--config", help="TOML file with plans, models and rules (see docs/configuration.md)")
-    s.add_argument("--db", dest="serve_db", default=None, help="SQLite database file (same as the global --db)")
+    s.add_argument(
+        "--db", dest="serve_db", default=None, help="SQLite database file (same as the global --db)"
+    )
 
     st = sub.add_parser("stream", help="stream a WAV or raw audio file to a server and print the receipt")
     st.add_argument("file")
     st.add_argument("--url", default="ws://127.0.0.1:8000/v1/stream")
     st.add_argument("--key", required=True, help="API key")
-    st.add_argument("--fast", action="store_true", help="send as fast as the server allows, not at real-time pace")
+    st.add_argument(
+        "--fast", action="store_true", help="send as fast as the server allows, not at real-time pace"
+    )
     st.add_argument("--chunk-ms", type=int, default=100)
     st.add_argument("--model")
     st.add_argument("--encoding", help="raw files: pcm_s16le, pcm_f32le or mulaw")
@@ -97,7 +101,9 @@ async def _stream(args: Any) -> int:
     from engine.dialects import v1
 
     try:
-        audio = read_audio(args.file, encoding=args.encoding, sample_rate=args.sample_rate, channels=args.channels)
+        audio = read_audio(
+            args.file, encoding=args.encoding, sample_rate=args.sample_rate, channels=args.channels
+        )
     except (AudioFormatError, OSError) as exc:
         print(f"engine stream: {exc}", file=sys.stderr)
         return 2

@@ -11,10 +11,11 @@ import sys
 import wave
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 import msgspec
 import trio
-from trio_websocket import ConnectionClosed, open_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
 
 from engine.audio import AudioFormatError, bytes_per_sample, check_format
 from engine.dialects import v1
@@ -31,8 +32,9 @@ class AudioFile(msgspec.Struct, frozen=True, kw_only=True):
         return len(self.data) / (bytes_per_sample(self.encoding) * self.channels * self.sample_rate)
 
 
-def read_audio(path: str | Path, *, encoding: str | None = None, sample_rate: int | None = None,
-               channels: int = 1) -> AudioFile:
+def read_audio(
+    path: str | Path, *, encoding: str | None = None, sample_rate: int | None = None, channels: int = 1
+) -> AudioFile:
     """A 16-bit PCM WAV (format from its header) or a raw file (format given)."""
     p = Path(path)
     with p.open("rb") as f:
@@ -40,7 +42,9 @@ def read_audio(path: str | Path, *, encoding: str | None = None, sample_rate: in
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         with wave.open(str(p), "rb") as w:
             if w.getsampwidth() != 2:
-                raise AudioFormatError(f"{p}: only 16-bit PCM WAV files are supported (got {8 * w.getsampwidth()}-bit)")
+                raise AudioFormatError(
+                    f"{p}: only 16-bit PCM WAV files are supported (got {8 * w.getsampwidth()}-bit)"
+                )
             return AudioFile(
                 data=w.readframes(w.getnframes()),
                 encoding="pcm_s16le",
@@ -83,8 +87,10 @@ async def stream_audio(
     started = trio.Event()
     paused_until = [0.0]
     headers = [(b"Authorization", f"Bearer {key}".encode())]
+    conn: WebSocketConnection | None = None
     try:
         async with open_websocket_url(url, extra_headers=headers, max_message_size=1 << 22) as ws:
+            conn = ws
 
             async def reader() -> None:
                 try:
@@ -110,7 +116,9 @@ async def stream_audio(
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(reader)
                 start = v1.Start(
-                    audio=v1._Audio(encoding=audio.encoding, sample_rate=audio.sample_rate, channels=audio.channels),
+                    audio=v1._Audio(
+                        encoding=audio.encoding, sample_rate=audio.sample_rate, channels=audio.channels
+                    ),
                     model=model,
                     resume=resume,
                 )
@@ -142,22 +150,18 @@ async def stream_audio(
     except ConnectionClosed:
         pass
     finally:
-        try:
-            reason = ws.closed  # type: ignore[possibly-undefined]
-            if reason is not None:
-                result.close_code, result.close_reason = reason.code, reason.reason
-        except NameError:  # never connected
-            pass
+        if conn is not None and conn.closed is not None:
+            result.close_code, result.close_reason = conn.closed.code, conn.closed.reason
     return result
 
 
-def progress_printer(total_s: float, stream: object = None) -> Callable[[float], None]:
+def progress_printer(total_s: float, stream: TextIO | None = None) -> Callable[[float], None]:
     out = stream or sys.stderr
     width = 30
 
     def show(sent_s: float) -> None:
         frac = min(1.0, sent_s / total_s) if total_s else 1.0
         bar = "#" * int(frac * width)
-        print(f"\r[{bar:<{width}}] {sent_s:7.1f}/{total_s:.1f} s", end="", file=out, flush=True)  # type: ignore[call-overload]
+        print(f"\r[{bar:<{width}}] {sent_s:7.1f}/{total_s:.1f} s", end="", file=out, flush=True)
 
     return show

@@ -123,7 +123,9 @@ async def open_session(
 ) -> AsyncIterator[DirectSession]:
     client, server_end = memory_connection_pair(buffer)
     try:
-        async with _session(engine, api_key, client, server_end, encoding, sample_rate, channels, model, resume) as s:
+        async with _session(
+            engine, api_key, client, server_end, encoding, sample_rate, channels, model, resume
+        ) as s:
             yield s
     except BaseExceptionGroup as group:
         # the internal nursery wraps what the body raised: give callers the plain exception

@@ -36,7 +36,7 @@ from engine.dialects.v1 import V1Dialect
 from engine.policy.config import ConfigError, EngineConfig, config_from_dict, load_config
 from engine.policy.types import Code, EndReason, Plan
 from engine.session import AudioFrame, SessionActor
-from engine.store.base import Account, Store
+from engine.store.base import Store
 from engine.transport import Connection, install_ping_hook
 
 log = logging.getLogger("engine.server")
@@ -210,7 +210,8 @@ class Engine:
             await request.reject(404, body=_error_body(Code.PROTOCOL_ERROR, f"no such endpoint: {url.path}"))
             return
         query = parse_qs(url.query)
-        key = _bearer(request.headers) or (query.get("token") or query.get("jwt") or [None])[0]
+        tokens = query.get("token") or query.get("jwt") or []
+        key = _bearer(request.headers) or (tokens[0] if tokens else None)
         account = await self.store.authenticate(key) if key else None
         if account is None:
             msg = "missing API key" if not key else "invalid API key"
@@ -230,7 +231,9 @@ class Engine:
             raise ValueError(f"unknown dialect {dialect!r}")
         account = await self.store.authenticate(api_key)
         if account is None:
-            msgs, code, reason = d.finish(session_id=None, receipt=None, code=Code.UNAUTHORIZED, message="invalid API key")
+            msgs, code, reason = d.finish(
+                session_id=None, receipt=None, code=Code.UNAUTHORIZED, message="invalid API key"
+            )
             for m in msgs:
                 await conn.send_message(m)
             await conn.aclose(code, reason)

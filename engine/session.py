@@ -120,7 +120,9 @@ class SessionActor:
             raise
         except Exception:
             log.exception("session %s failed", self.session_id)
-            self.request_end(EndReason.INTERNAL, Code.INTERNAL_ERROR, "internal error; the session was settled")
+            self.request_end(
+                EndReason.INTERNAL, Code.INTERNAL_ERROR, "internal error; the session was settled"
+            )
         try:
             with trio.CancelScope(shield=True):
                 receipt = await self._settle_and_close()
@@ -472,5 +474,3 @@ class SessionActor:
             except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
         return receipt
-
-

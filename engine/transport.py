@@ -140,4 +140,3 @@ def connection_on_ping(conn: object, callback: Callable[[], None]) -> None:
         conn.on_ping = callback
     else:
         set_ping_callback(conn, callback)
-

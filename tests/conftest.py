@@ -55,8 +55,12 @@ class Client:
     async def send(self, msg: Any) -> None:
         await self.conn.send_message(msg if isinstance(msg, str | bytes) else v1.encode(msg))
 
-    async def start(self, encoding: str = "pcm_s16le", sample_rate: int = SR, channels: int = 1, **kw: Any) -> Any:
-        await self.send(v1.Start(audio=v1._Audio(encoding=encoding, sample_rate=sample_rate, channels=channels), **kw))
+    async def start(
+        self, encoding: str = "pcm_s16le", sample_rate: int = SR, channels: int = 1, **kw: Any
+    ) -> Any:
+        await self.send(
+            v1.Start(audio=v1._Audio(encoding=encoding, sample_rate=sample_rate, channels=channels), **kw)
+        )
         return await self.recv()
 
     async def recv(self) -> Any:
@@ -115,8 +119,13 @@ async def store(tmp_path: Path) -> AsyncIterator[SqliteStore]:
 
 
 def make_engine(store: SqliteStore, config: EngineConfig | None = None, **kw: Any) -> Engine:
-    return Engine(config or load_config(None), store, settings=kw.pop("settings", ServerSettings()),
-                  utc_offset=kw.pop("utc_offset", 1_800_000_000.0), **kw)
+    return Engine(
+        config or load_config(None),
+        store,
+        settings=kw.pop("settings", ServerSettings()),
+        utc_offset=kw.pop("utc_offset", 1_800_000_000.0),
+        **kw,
+    )
 
 
 async def new_account(store: SqliteStore, plan: str = "pro", credits: int = 1000) -> str:

@@ -7,8 +7,8 @@ import pytest
 import trio
 
 from engine.audio import s16_to_f32
-from engine.direct import SessionEnded, SessionRefused, open_session
 from engine.dialects import v1
+from engine.direct import SessionEnded, SessionRefused, open_session
 from engine.policy.money import parse_credits
 from engine.policy.types import MICRO
 from engine.server import ServerSettings
@@ -48,7 +48,9 @@ async def test_direct_session_refused_and_ended(store, autojump_clock):
                 await s.feed(b"\xff" * 800)
                 await trio.sleep(0.1)
     assert ended.value.error is not None and ended.value.error.code == "IDLE_TIMEOUT"
-    assert ended.value.receipt is not None and ended.value.receipt.audio_duration == pytest.approx(5.0, abs=0.11)
+    assert ended.value.receipt is not None and ended.value.receipt.audio_duration == pytest.approx(
+        5.0, abs=0.11
+    )
 
 
 @pytest.mark.trio

@@ -114,6 +114,7 @@ def test_newcomer_flow_create_serve_stream_sigterm(tmp_path: Path) -> None:
 
         async def main() -> object:
             async with trio.open_nursery() as nursery:
+
                 async def term() -> None:
                     await trio.sleep(1.5)
                     proc.send_signal(signal.SIGTERM)
@@ -140,6 +141,7 @@ def test_sigkill_mid_stream_then_restart_settles_each_session_once(tmp_path: Pat
 
         async def main() -> None:
             async with trio.open_nursery() as nursery:
+
                 async def one(key: str) -> None:
                     r = await stream_audio(proc.url, key, audio, fast=False)
                     sent[key] = r.bytes_sent
@@ -198,6 +200,7 @@ monthly_s = 1000
         async def race() -> list:
             results: list = []
             async with trio.open_nursery() as nursery:
+
                 async def one(url: str) -> None:
                     results.append(await stream_audio(url, key, short, fast=False))
 

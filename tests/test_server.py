@@ -61,12 +61,15 @@ async def test_token_query_parameter_for_browsers(threaded_store):
 
 
 @pytest.mark.trio
-@pytest.mark.parametrize(("path", "headers", "status"), [
-    ("/v1/stream", [], 401),
-    ("/v1/stream", [(b"Authorization", b"Bearer wrong")], 401),
-    ("/v1/stream?token=wrong", [], 401),
-    ("/nope", [], 404),
-])
+@pytest.mark.parametrize(
+    ("path", "headers", "status"),
+    [
+        ("/v1/stream", [], 401),
+        ("/v1/stream", [(b"Authorization", b"Bearer wrong")], 401),
+        ("/v1/stream?token=wrong", [], 401),
+        ("/nope", [], 404),
+    ],
+)
 async def test_handshake_refusals(threaded_store, path, headers, status):
     engine = make_engine(threaded_store, utc_offset=None)
     await new_account(threaded_store)
@@ -88,7 +91,9 @@ async def test_websocket_pings_count_as_keepalive(threaded_store):
     config_text = "[rules]\nkeepalive_timeout_s = 2\nidle_timeout_s = 100\nwarn_before_s = []\n"
     from .conftest import toml
 
-    engine = make_engine(threaded_store, toml(config_text), utc_offset=None, settings=ServerSettings(checkpoint_interval_s=0.2))
+    engine = make_engine(
+        threaded_store, toml(config_text), utc_offset=None, settings=ServerSettings(checkpoint_interval_s=0.2)
+    )
     key = await new_account(threaded_store)
     async with trio.open_nursery() as nursery:
         url = await start_server(nursery, engine)

@@ -300,10 +300,30 @@ async def test_admission_refusals(store, autojump_clock):
         (b"\x00\x01", "PROTOCOL_ERROR", 1003, "before the start"),
         ('{"type": "start", "audio": ', "PROTOCOL_ERROR", 1003, "truncated"),
         ('{"type": "hello"}', "PROTOCOL_ERROR", 1003, "$.type"),
-        ('{"type": "start", "audio": {"encoding": "flac", "sample_rate": 16000}}', "INVALID_AUDIO_FORMAT", 1007, "flac"),
-        ('{"type": "start", "audio": {"encoding": "pcm_s16le", "sample_rate": 7000}}', "INVALID_AUDIO_FORMAT", 1007, "7000"),
-        ('{"type": "start", "audio": {"encoding": "pcm_s16le", "sample_rate": "16k"}}', "PROTOCOL_ERROR", 1003, "$.audio.sample_rate"),
-        ('{"type": "start", "audio": {"encoding": "pcm_s16le", "sample_rate": 16000}, "model": "nope"}', "PROTOCOL_ERROR", 1003, "nope"),
+        (
+            '{"type": "start", "audio": {"encoding": "flac", "sample_rate": 16000}}',
+            "INVALID_AUDIO_FORMAT",
+            1007,
+            "flac",
+        ),
+        (
+            '{"type": "start", "audio": {"encoding": "pcm_s16le", "sample_rate": 7000}}',
+            "INVALID_AUDIO_FORMAT",
+            1007,
+            "7000",
+        ),
+        (
+            '{"type": "start", "audio": {"encoding": "pcm_s16le", "sample_rate": "16k"}}',
+            "PROTOCOL_ERROR",
+            1003,
+            "$.audio.sample_rate",
+        ),
+        (
+            '{"type": "start", "audio": {"encoding": "pcm_s16le", "sample_rate": 16000}, "model": "nope"}',
+            "PROTOCOL_ERROR",
+            1003,
+            "nope",
+        ),
     ],
 )
 async def test_bad_input_gets_a_clear_error_and_close_code(store, autojump_clock, first, code, close, needle):

@@ -72,7 +72,7 @@ class SessionStatus(msgspec.Struct, tag="session_status", tag_field="type", kw_o
     credits_remaining: str
 
 
-class Warning(msgspec.Struct, tag="warning", tag_field="type", kw_only=True):  # noqa: A001
+class Warning(msgspec.Struct, tag="warning", tag_field="type", kw_only=True):
     code: str
     seconds_left: int
     message: str
@@ -128,7 +128,8 @@ def encode(msg: Any) -> str:
 
 
 def decode_server(data: str | bytes) -> ServerMessage:
-    return _server_decoder.decode(data)
+    msg: ServerMessage = _server_decoder.decode(data)
+    return msg
 
 
 def _secs(ms: int) -> float:
@@ -190,7 +191,9 @@ class V1Dialect:
         )
 
     def warning(self, warning: Any) -> str:
-        return encode(Warning(code=str(warning.code), seconds_left=warning.seconds_left, message=warning.message))
+        return encode(
+            Warning(code=str(warning.code), seconds_left=warning.seconds_left, message=warning.message)
+        )
 
     def throttle(self, wait_ms: int, message: str) -> str:
         return encode(Throttle(message=message, wait_ms=wait_ms))

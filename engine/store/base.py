@@ -19,7 +19,8 @@ from typing import Protocol
 
 import msgspec
 
-from engine.policy.types import AccountSnapshot, Code, EndReason, Refusal
+from engine.policy.types import AccountSnapshot, Code, EndReason
+from engine.policy.types import Refusal as Refusal  # re-exported: the store's refusal type
 
 
 class Account(msgspec.Struct, frozen=True, kw_only=True):

@@ -33,6 +33,7 @@ __all__ = [
     "f32_to_s16",
     "f32_to_ulaw",
     "frame_energy",
+    "native_info",
     "rms_s16",
     "s16_to_f32",
     "s16_to_ulaw",
@@ -67,6 +68,11 @@ MAX_CHANNELS = int(lib.ENG_MAX_CHANNELS)
 FRAME_MS_CHOICES = (10, 20, 30)
 
 
+def native_info() -> str:
+    """Which SIMD variant of the native kernels is in use (e.g. for benchmark reports)."""
+    return str(ffi.string(lib.eng_simd_info()).decode())
+
+
 def parse_encoding(value: str | Encoding) -> Encoding:
     try:
         return Encoding(value)
@@ -84,7 +90,8 @@ def check_format(encoding: str | Encoding, sample_rate: int, channels: int, fram
     enc = parse_encoding(encoding)
     if type(sample_rate) is not int or not MIN_SAMPLE_RATE <= sample_rate <= MAX_SAMPLE_RATE:
         raise AudioFormatError(
-            f"sample_rate must be an integer from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz; got {sample_rate!r}"
+            f"sample_rate must be an integer from {MIN_SAMPLE_RATE} to {MAX_SAMPLE_RATE} Hz; "
+            f"got {sample_rate!r}"
         )
     if type(channels) is not int or not 1 <= channels <= MAX_CHANNELS:
         raise AudioFormatError(f"channels must be an integer from 1 to {MAX_CHANNELS}; got {channels!r}")
@@ -95,21 +102,47 @@ def check_format(encoding: str | Encoding, sample_rate: int, channels: int, fram
     return enc
 
 
-def _as_bytes_like(data: Any, what: str) -> tuple[Any, int]:
-    """(something cffi takes as ``const char *``, its length in bytes)."""
+# numpy dtypes accepted as input, per encoding (raw bytes may always be given as uint8)
+_RAW_DTYPES: tuple[np.dtype[Any], ...] = (np.dtype(np.uint8), np.dtype(np.int8))
+_ARRAY_DTYPES: dict[Encoding, tuple[np.dtype[Any], ...]] = {
+    Encoding.PCM_S16LE: (*_RAW_DTYPES, np.dtype("<i2")),
+    Encoding.PCM_F32LE: (*_RAW_DTYPES, np.dtype("<f4")),
+    Encoding.MULAW: _RAW_DTYPES,
+}
+
+
+def _as_bytes_like(data: Any, what: str, dtypes: tuple[np.dtype[Any], ...] = _RAW_DTYPES) -> tuple[Any, int]:
+    """(something cffi takes as ``const char *``, its length in bytes).
+
+    ``bytes`` are passed to C as they are (no copy). bytearray, memoryview and
+    C-contiguous numpy arrays of an accepted dtype go through ``ffi.from_buffer``.
+    Anything else (str, list, None, numbers, arrays of another dtype) is a TypeError.
+    """
     if type(data) is bytes:
         return data, len(data)
-    if isinstance(data, bytes | bytearray | memoryview | np.ndarray):
-        mv = memoryview(data)
-        if not mv.c_contiguous:
-            raise TypeError(f"{what} must be a C-contiguous buffer")
-        return ffi.from_buffer(mv), mv.nbytes
-    raise TypeError(f"{what} must be bytes-like (bytes, bytearray, memoryview or numpy array), not {type(data).__name__}")
+    if isinstance(data, np.ndarray):
+        if data.dtype not in dtypes:
+            names = ", ".join(str(d) for d in dtypes)
+            raise TypeError(
+                f"{what}: a numpy array of dtype {data.dtype} is not accepted (use one of: {names})"
+            )
+    elif not isinstance(data, bytes | bytearray | memoryview):
+        raise TypeError(
+            f"{what} must be bytes-like (bytes, bytearray, memoryview or numpy array), "
+            f"not {type(data).__name__}"
+        )
+    mv = memoryview(data)
+    if not mv.c_contiguous:
+        raise TypeError(f"{what} must be a C-contiguous buffer")
+    return ffi.from_buffer(mv), mv.nbytes
 
 
 def _whole_samples(nbytes: int, size: int, what: str) -> int:
     if nbytes % size:
-        raise AudioFormatError(f"{what} must be a whole number of {size}-byte samples; got {nbytes} bytes")
+        raise AudioFormatError(
+            f"{what} must be a whole number of {size}-byte samples; got {nbytes} bytes "
+            f"({nbytes % size} byte(s) left over)"
+        )
     return nbytes // size
 
 
@@ -133,17 +166,62 @@ def _out_f32(n: int, out: F32Array | None) -> F32Array:
         return np.empty(n, dtype=np.float32)
     if not isinstance(out, np.ndarray) or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise TypeError("out must be a C-contiguous float32 numpy array")
+    if not out.flags.writeable:
+        raise TypeError("out must be writable")
     if out.size < n:
         raise ValueError(f"out holds {out.size} samples; {n} are needed")
     return out[:n]
+
+
+def _probe_fill_bytes() -> bool:
+    """Whether C can fill a freshly made ``bytes`` object in place (see :func:`_new_bytes`)."""
+    try:
+        probe = bytes(4)
+        lib.eng_ulaw_to_s16(b"\x00\xff", 2, probe)
+        return probe == b"\x84\x82\x00\x00"
+    except Exception:  # pragma: no cover - other Python implementations
+        return False
+
+
+# Byte results are produced with ONE allocation: C writes straight into a new
+# ``bytes`` object of the final size, as ``audioop`` does in C. Python has no
+# way to make an uninitialised bytes object, so we make a zeroed one with
+# ``bytes(n)`` and hand its storage to C (cffi passes a bytes object to a
+# ``char *`` parameter as a pointer to its own buffer). This is sound because
+# the object is brand new and not yet visible to anyone: for n >= 2 CPython
+# always creates a new object (only b"" and the 1-byte objects are shared) and
+# its hash is not computed yet. A probe at import checks that the bytes really
+# are written in place; if not (another Python implementation), or for n < 2,
+# the results go through a bytearray and one copy instead. (A bytearray plus
+# a copy is not just slower: two large allocations per call can make glibc
+# return the memory to the OS and fault it back in every call, ~6x slower.)
+_FILL_BYTES_IN_PLACE = _probe_fill_bytes()
+
+
+_c_ulaw_to_s16 = lib.eng_ulaw_to_s16
+_c_s16_to_ulaw = lib.eng_s16_to_ulaw
+_c_rms_s16 = lib.eng_rms_s16
+
+
+def _new_bytes(n: int) -> tuple[Any, Any]:
+    """(a buffer C may fill, which becomes the result via :func:`_done_bytes`)."""
+    if n >= 2 and _FILL_BYTES_IN_PLACE:
+        b = bytes(n)
+        return b, b
+    ba = bytearray(n)
+    return ba, ffi.from_buffer(ba)
+
+
+def _done_bytes(buf: Any) -> bytes:
+    return buf if type(buf) is bytes else bytes(buf)
 
 
 # ---- bulk conversions ------------------------------------------------------
 
 
 def s16_to_f32(data: Any, out: F32Array | None = None) -> F32Array:
-    """PCM S16LE bytes -> float32 samples (x / 32768)."""
-    buf, nbytes = _as_bytes_like(data, "pcm_s16le data")
+    """PCM S16LE bytes -> float32 samples (x / 32768, exact)."""
+    buf, nbytes = _as_bytes_like(data, "pcm_s16le data", _ARRAY_DTYPES[Encoding.PCM_S16LE])
     n = _whole_samples(nbytes, 2, "pcm_s16le data")
     res = _out_f32(n, out)
     lib.eng_s16_to_f32(buf, n, ffi.from_buffer("float[]", res))
@@ -151,32 +229,40 @@ def s16_to_f32(data: Any, out: F32Array | None = None) -> F32Array:
 
 
 def f32_to_s16(samples: Any) -> bytes:
-    """float32 samples -> PCM S16LE: x * 32768 rounded to nearest, saturated; NaN -> 0."""
+    """float32 samples -> PCM S16LE: x * 32768 rounded to nearest (ties to even), saturated; NaN -> 0."""
     buf, n = _as_f32(samples, "float32 samples")
-    out = bytearray(2 * n)
-    lib.eng_f32_to_s16(buf, n, ffi.from_buffer(out))
-    return bytes(out)
+    out, ptr = _new_bytes(2 * n)
+    lib.eng_f32_to_s16(buf, n, ptr)
+    return _done_bytes(out)
 
 
 def ulaw_to_s16(data: Any) -> bytes:
     """G.711 mu-law -> PCM S16LE, bit-exact with ``audioop.ulaw2lin(data, 2)``."""
+    if type(data) is bytes and data and _FILL_BYTES_IN_PLACE:  # fast path (20 ms chunks)
+        res = bytes(2 * len(data))
+        _c_ulaw_to_s16(data, len(data), res)
+        return res
     buf, n = _as_bytes_like(data, "mulaw data")
-    out = bytearray(2 * n)
-    lib.eng_ulaw_to_s16(buf, n, ffi.from_buffer(out))
-    return bytes(out)
+    out, ptr = _new_bytes(2 * n)
+    lib.eng_ulaw_to_s16(buf, n, ptr)
+    return _done_bytes(out)
 
 
 def s16_to_ulaw(data: Any) -> bytes:
     """PCM S16LE -> G.711 mu-law, bit-exact with ``audioop.lin2ulaw(data, 2)``."""
-    buf, nbytes = _as_bytes_like(data, "pcm_s16le data")
+    if type(data) is bytes and len(data) >= 4 and not len(data) & 1 and _FILL_BYTES_IN_PLACE:  # fast path
+        res = bytes(len(data) >> 1)
+        _c_s16_to_ulaw(data, len(data) >> 1, res)
+        return res
+    buf, nbytes = _as_bytes_like(data, "pcm_s16le data", _ARRAY_DTYPES[Encoding.PCM_S16LE])
     n = _whole_samples(nbytes, 2, "pcm_s16le data")
-    out = bytearray(n)
-    lib.eng_s16_to_ulaw(buf, n, ffi.from_buffer(out))
-    return bytes(out)
+    out, ptr = _new_bytes(n)
+    lib.eng_s16_to_ulaw(buf, n, ptr)
+    return _done_bytes(out)
 
 
 def ulaw_to_f32(data: Any, out: F32Array | None = None) -> F32Array:
-    """G.711 mu-law -> float32 samples (the S16 value / 32768)."""
+    """G.711 mu-law -> float32 samples (the S16 value / 32768, exact)."""
     buf, n = _as_bytes_like(data, "mulaw data")
     res = _out_f32(n, out)
     lib.eng_ulaw_to_f32(buf, n, ffi.from_buffer("float[]", res))
@@ -184,11 +270,11 @@ def ulaw_to_f32(data: Any, out: F32Array | None = None) -> F32Array:
 
 
 def f32_to_ulaw(samples: Any) -> bytes:
-    """float32 samples -> G.711 mu-law (through the saturated S16 value)."""
+    """float32 samples -> G.711 mu-law (through the saturated S16 value, as ``f32_to_s16``)."""
     buf, n = _as_f32(samples, "float32 samples")
-    out = bytearray(n)
-    lib.eng_f32_to_ulaw(buf, n, ffi.from_buffer(out))
-    return bytes(out)
+    out, ptr = _new_bytes(n)
+    lib.eng_f32_to_ulaw(buf, n, ptr)
+    return _done_bytes(out)
 
 
 def sanitize_f32(data: Any, out: F32Array | None = None) -> tuple[F32Array, int]:
@@ -196,7 +282,7 @@ def sanitize_f32(data: Any, out: F32Array | None = None) -> tuple[F32Array, int]
 
     Returns the samples and how many were not finite.
     """
-    buf, nbytes = _as_bytes_like(data, "pcm_f32le data")
+    buf, nbytes = _as_bytes_like(data, "pcm_f32le data", _ARRAY_DTYPES[Encoding.PCM_F32LE])
     n = _whole_samples(nbytes, 4, "pcm_f32le data")
     res = _out_f32(n, out)
     bad = lib.eng_f32_sanitize(buf, n, ffi.from_buffer("float[]", res))
@@ -205,7 +291,9 @@ def sanitize_f32(data: Any, out: F32Array | None = None) -> tuple[F32Array, int]
 
 def rms_s16(data: Any) -> float:
     """Root mean square of PCM S16LE samples in integer units (``audioop.rms`` without truncation)."""
-    buf, nbytes = _as_bytes_like(data, "pcm_s16le data")
+    if type(data) is bytes and not len(data) & 1:  # fast path
+        return _c_rms_s16(data, len(data) >> 1)  # type: ignore[no-any-return]
+    buf, nbytes = _as_bytes_like(data, "pcm_s16le data", _ARRAY_DTYPES[Encoding.PCM_S16LE])
     return float(lib.eng_rms_s16(buf, _whole_samples(nbytes, 2, "pcm_s16le data")))
 
 
@@ -218,12 +306,14 @@ def frame_energy(
     digital silence is -120. Channels are averaged to mono first.
     """
     enc = check_format(encoding, sample_rate, channels, frame_ms)
-    buf, nbytes = _as_bytes_like(data, f"{enc.value} data")
+    buf, nbytes = _as_bytes_like(data, f"{enc.value} data", _ARRAY_DTYPES[enc])
     frame_len = sample_rate * frame_ms // 1000
     frame_bytes = frame_len * channels * _BYTES_PER_SAMPLE[enc]
     cap = nbytes // frame_bytes
     res = np.empty(cap, dtype=np.float32)
-    n = lib.eng_frame_energy(buf, nbytes, _NATIVE_CODE[enc], channels, frame_len, ffi.from_buffer("float[]", res), cap)
+    n = lib.eng_frame_energy(
+        buf, nbytes, _NATIVE_CODE[enc], channels, frame_len, ffi.from_buffer("float[]", res), cap
+    )
     return res[:n]
 
 
@@ -234,14 +324,16 @@ class VadConfig(msgspec.Struct, frozen=True, kw_only=True):
     """Tuning of the energy VAD (see docs/audio.md). dB values are dBFS."""
 
     frame_ms: int = 20
-    margin_db: float = 9.0  # speech is at least this far above the noise floor ...
-    abs_min_db: float = -60.0  # ... and above this absolute level
+    margin_db: float = 8.0  # speech is at least this far above the noise floor ...
+    abs_min_db: float = -65.0  # ... and above this absolute level
     floor_init_db: float = -70.0  # the floor assumed before anything is heard
     onset_ms: int = 40  # this long above the threshold starts speech
     hangover_ms: int = 300  # speech continues this long after the level drops
     memory_ms: int = 2000  # the floor is the quietest frame of this much recent audio
     rise_tau_ms: float = 400.0  # time constant of the floor's (slow) rise
     spread_mult: float = 2.5  # ... and this many times the noise's own spread above the floor
+    stationary_ms: int = 1000  # a stretch this long whose level stays within ...
+    stationary_db: float = 8.0  # ... this many dB is noise: the floor jumps to it (0 ms: off)
 
 
 class StreamDecoder:
@@ -252,7 +344,7 @@ class StreamDecoder:
     bytes, frames, speech) are exact and available at any time.
     """
 
-    __slots__ = ("_cstate", "_feed", "_st", "channels", "encoding", "frame_ms", "sample_rate", "vad")
+    __slots__ = ("_dtypes", "_push", "_st", "channels", "encoding", "frame_ms", "sample_rate", "vad")
 
     def __init__(
         self,
@@ -283,42 +375,46 @@ class StreamDecoder:
             vad.memory_ms,
             vad.rise_tau_ms,
             vad.spread_mult,
+            vad.stationary_ms,
+            vad.stationary_db,
         )
         if rc != 0:
             raise AudioFormatError(f"invalid VAD configuration: {vad!r}")
-        self._cstate = st
-        self._st = st
-        self._feed = lib.eng_stream_feed
+        self._st = st  # owns the C state (freed with this object)
+        self._push = lib.eng_stream_push
+        self._dtypes = _ARRAY_DTYPES[enc]
 
     # -- hot path --
     def feed(self, data: Any) -> int:
         """Consume a chunk; returns the speech frames it completed (x frame_ms = speech ms)."""
-        if type(data) is bytes:
-            return int(self._feed(self._st, data, len(data), ffi.NULL, ffi.NULL, ffi.NULL, 0))
-        buf, nbytes = _as_bytes_like(data, "audio chunk")
-        return int(self._feed(self._st, buf, nbytes, ffi.NULL, ffi.NULL, ffi.NULL, 0))
-
-    def _out_count(self, nbytes: int) -> int:
-        st = self._st
-        return (st.rem_len + nbytes) // st.bytes_per_frame * self.channels
+        if type(data) is bytes:  # the common case: passed to C as is, no copy
+            return self._push(self._st, data, len(data))  # type: ignore[no-any-return]
+        buf, nbytes = _as_bytes_like(data, "audio chunk", self._dtypes)
+        return self._push(self._st, buf, nbytes)  # type: ignore[no-any-return]
 
     def feed_decode(self, data: Any) -> tuple[F32Array, int]:
         """Like :meth:`feed`, also returning the decoded float32 samples (interleaved)."""
-        buf, nbytes = _as_bytes_like(data, "audio chunk")
-        out = np.empty(self._out_count(nbytes), dtype=np.float32)
-        speech = self._feed(self._st, buf, nbytes, ffi.from_buffer("float[]", out), ffi.NULL, ffi.NULL, 0)
+        buf, nbytes = _as_bytes_like(data, "audio chunk", self._dtypes)
+        st = self._st
+        out = np.empty((st.rem_len + nbytes) // st.bytes_per_frame * self.channels, dtype=np.float32)
+        speech = lib.eng_stream_feed(st, buf, nbytes, ffi.from_buffer("float[]", out), ffi.NULL, ffi.NULL, 0)
         return out, int(speech)
 
     def feed_frames(self, data: Any) -> tuple[npt.NDArray[np.uint8], F32Array]:
-        """Like :meth:`feed`, returning each completed frame's VAD flag and dBFS energy."""
-        buf, nbytes = _as_bytes_like(data, "audio chunk")
+        """Like :meth:`feed`, returning each completed frame's VAD flag (0/1) and dBFS energy."""
+        buf, nbytes = _as_bytes_like(data, "audio chunk", self._dtypes)
         st = self._st
-        samples_after = (st.acc_n + (st.rem_len + nbytes) // st.bytes_per_frame)
-        cap = samples_after // st.frame_len
+        cap = (st.acc_n + (st.rem_len + nbytes) // st.bytes_per_frame) // st.frame_len
         flags = np.zeros(cap, dtype=np.uint8)
         energies = np.zeros(cap, dtype=np.float32)
-        self._feed(
-            st, buf, nbytes, ffi.NULL, ffi.from_buffer("uint8_t[]", flags), ffi.from_buffer("float[]", energies), cap
+        lib.eng_stream_feed(
+            st,
+            buf,
+            nbytes,
+            ffi.NULL,
+            ffi.from_buffer("uint8_t[]", flags),
+            ffi.from_buffer("float[]", energies),
+            cap,
         )
         return flags, energies
 

@@ -35,7 +35,15 @@ def _cdef_text() -> str:
 def _compile_args() -> list[str]:
     if sys.platform == "win32":
         return ["/O2"]
-    args = ["-O3", "-std=c11", "-fno-math-errno", "-Wall", "-Wextra", "-Wno-unused-parameter"]
+    args = [
+        "-O3",
+        "-std=c11",
+        "-fno-math-errno",
+        "-fno-trapping-math",
+        "-Wall",
+        "-Wextra",
+        "-Wno-unused-parameter",
+    ]
     extra = os.environ.get("ENGINE_NATIVE_CFLAGS")
     if extra:
         args += extra.split()

@@ -17,10 +17,12 @@
 
 #define ENG_MAX_CHANNELS 8
 #define ENG_MAX_BLOCKS 16
+#define ENG_STAT_BLOCKS 5
 
 /* --- conversions ------------------------------------------------------- */
 void eng_s16_to_f32(const char *in, size_t n, float *out);
-/* float32 -> S16LE, round to nearest, saturating; NaN -> 0. Returns the
+/* float32 -> S16LE: x * 32768 rounded to nearest (ties to even), saturated to
+ * [-32768, 32767] (so +/-Inf too); NaN -> 0. Returns the
  * number of non-finite inputs. */
 size_t eng_f32_to_s16(const float *in, size_t n, char *out);
 /* G.711 mu-law, bit-exact with audioop.ulaw2lin / lin2ulaw (width 2). */
@@ -61,10 +63,12 @@ typedef struct {
     int hangover_frames;    /* speech kept this many frames after it stops */
     int block_frames;       /* frames per minimum-statistics block */
     int n_blocks;           /* blocks in the floor's memory */
+    int stat_block_frames;  /* frames per block of the stationarity window (0: off) */
+    float stationary_db;    /* a window whose level range is at most this is noise */
     /* carried between calls */
     uint8_t rem[32];        /* bytes of an incomplete sample frame */
     int rem_len;
-    double acc;             /* sum of squares of the incomplete VAD frame */
+    double lanes[8];        /* sum of squares of the incomplete VAD frame, by lane */
     int acc_n;              /* sample frames in it */
     float floor_db;
     float spread_db;        /* mean height of non-speech frames above the floor */
@@ -72,6 +76,13 @@ typedef struct {
     int block_fill;
     int block_idx;
     float block_min[16];
+    float stat_cur_min;     /* stationarity window: the block being filled ... */
+    float stat_cur_max;
+    int stat_fill;
+    int stat_idx;
+    int stat_full;          /* complete blocks so far (at most ENG_STAT_BLOCKS) */
+    float stat_min[5];      /* ... and the last ENG_STAT_BLOCKS complete blocks */
+    float stat_max[5];
     int run_above;
     int hang_left;
     int in_speech;
@@ -89,7 +100,7 @@ typedef struct {
 int eng_stream_init(eng_stream_t *st, int encoding, int sample_rate, int channels,
                     int frame_ms, float margin_db, float abs_min_db, float floor_init_db,
                     int onset_ms, int hangover_ms, int memory_ms, float rise_tau_ms,
-                    float spread_mult);
+                    float spread_mult, int stationary_ms, float stationary_db);
 
 /* Decode nbytes of input (any length) and run energy + VAD over the complete
  * frames, in one pass. If out is not NULL it receives the decoded float32
@@ -99,5 +110,11 @@ int eng_stream_init(eng_stream_t *st, int encoding, int sample_rate, int channel
  * and dBFS values. Returns the number of speech frames in this call. */
 size_t eng_stream_feed(eng_stream_t *st, const char *in, size_t nbytes, float *out,
                        uint8_t *flags, float *energies, size_t cap);
+/* eng_stream_feed without outputs (the session hot path: fewer arguments to
+ * convert per call from Python). */
+size_t eng_stream_push(eng_stream_t *st, const char *in, size_t nbytes);
+
+/* Which SIMD variant of the bulk kernels this process uses (for reports). */
+const char *eng_simd_info(void);
 
 #endif

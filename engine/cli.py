@@ -82,7 +82,12 @@ async def _serve(args: Any) -> int:
         engine = Engine(config, store, settings=settings)
         async with trio.open_nursery() as nursery:
             server = await nursery.start(engine.serve, args.host, args.port)
-            log.info("engine serving ws://%s:%d/v1/stream (db %s)", args.host, server.port, db)
+            log.info(
+                "engine serving ws://%s:%d (protocol v1: /v1/stream, Speechmatics v2: /v2) db %s",
+                args.host,
+                server.port,
+                db,
+            )
             with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
                 async for signum in signals:
                     log.info("%s: shutting down gracefully", signal.Signals(signum).name)

@@ -71,7 +71,7 @@ class Model:
 
 
 def hook_for(model: Model) -> Any:
-    def hook(account: Account, balance: int) -> int | None:
+    def hook(account: Account, balance: int, key: str) -> int | None:
         model.hook_calls += 1
         return 5_000
 

@@ -149,10 +149,12 @@ class Payments:
     def __init__(self, collect: int | None) -> None:
         self.collect = collect
         self.calls: list[tuple[Account, int]] = []
+        self.keys: list[str] = []
         self.threads: set[int] = set()
 
-    def __call__(self, account: Account, balance_micro: int) -> int | None:
+    def __call__(self, account: Account, balance_micro: int, idempotency_key: str) -> int | None:
         self.calls.append((account, balance_micro))
+        self.keys.append(idempotency_key)
         self.threads.add(threading.get_ident())
         return self.collect
 
@@ -187,6 +189,7 @@ async def test_auto_topup_through_the_hook_is_recorded(tmp_path: Path) -> None:
         auto = [e for e in entries if e.kind == "auto_topup"]
         assert len(auto) == 1
         assert auto[0].amount_micro == 100 * MICRO and auto[0].idempotency_key == "auto_topup:s1:2"
+        assert hook.keys == ["auto_topup:s1:2"]  # the host's payment provider gets the ledger's key
         assert (await store.get_account(a)).balance_micro == 130 * MICRO  # type: ignore[union-attr]
         assert store.stats.auto_topups == 1
     assert audit(db) == []
@@ -212,7 +215,7 @@ async def test_auto_topup_on_end_and_failed_payments(tmp_path: Path) -> None:
         assert len(declined.calls) == 1  # called, collected nothing: nothing recorded
         assert [e.kind for e in await store.ledger(a)] == ["topup", "charge"]
 
-    def broken(account: Account, balance: int) -> int | None:
+    def broken(account: Account, balance: int, key: str) -> int | None:
         raise ConnectionError("payment provider down")
 
     async with open_sqlite_store(db, topup_hook=broken) as store:

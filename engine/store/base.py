@@ -124,9 +124,11 @@ class LedgerEntry(msgspec.Struct, frozen=True, kw_only=True):
 AdmissionCheck = Callable[[AccountSnapshot], Refusal | None]
 """Policy callback the store runs inside its admission transaction."""
 
-TopupHook = Callable[[Account, int], "int | None"]
-"""Auto top-up hook provided by the host: (account, balance_micro) -> micro-credits actually
-collected by the host's payment system, or None. The store records it in the ledger."""
+TopupHook = Callable[[Account, int, str], "int | None"]
+"""Auto top-up hook provided by the host: (account, balance_micro, idempotency_key) ->
+micro-credits actually collected by the host's payment system, or None (nothing collected).
+The store records it in the ledger under ``idempotency_key``; the host should pass the same
+key to its payment provider, so that a payment retried after a crash is collected once."""
 
 
 class Store(Protocol):

@@ -618,14 +618,14 @@ class SqliteStore:
             hook = self._topup_hook
             assert hook is not None
             acct = crossing.account
+            key = f"auto_topup:{crossing.trigger_key}"
             if self._threaded:
-                amount = await trio.to_thread.run_sync(hook, acct, acct.balance_micro)
+                amount = await trio.to_thread.run_sync(hook, acct, acct.balance_micro, key)
             else:
-                amount = hook(acct, acct.balance_micro)
+                amount = hook(acct, acct.balance_micro, key)
             if amount is None or amount <= 0:
                 log.info("auto top-up of %s: hook collected nothing", acct.account_id)
                 return
-            key = f"auto_topup:{crossing.trigger_key}"
             await self._call(
                 functools.partial(
                     self._credit_fn,

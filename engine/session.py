@@ -81,7 +81,6 @@ class SessionActor:
         self._end: tuple[EndReason, Code | None, str] | None = None
         self._scope: trio.CancelScope | None = None
         self._throttled_until = 0.0
-        self._cp_seq_sent = -1
         self._checking = False
         self._nursery: trio.Nursery | None = None
         self.settled = trio.Event()
@@ -193,17 +192,10 @@ class SessionActor:
         self.session_id = result.session_id
         resumed = None
         if result.resumed is not None:
-            r = result.resumed
-            resumed = ResumeState(
-                duration_ms=r.duration_ms,
-                audio_ms=r.audio_ms,
-                speech_ms=r.speech_ms,
-                samples=r.samples,
-                billed_micro=r.billed_micro,
-                usage_ms=r.usage_ms,
-                seq=r.seq,
-            )
-            self._cp_seq_sent = r.seq
+            # the store's ResumeInfo carries the policy's ResumeState fields (plus the id)
+            fields = msgspec.structs.asdict(result.resumed)
+            del fields["session_id"]
+            resumed = ResumeState(**fields)
         now = trio.current_time()
         policy = SessionPolicy(
             config=config,
@@ -421,7 +413,6 @@ class SessionActor:
     async def _send_checkpoint(self) -> None:
         cp = self._store_checkpoint(trio.current_time())
         await self.engine.store.checkpoint(cp)
-        self._cp_seq_sent = cp.seq
 
     def _on_transport_ping(self) -> None:
         if self.policy is not None:

@@ -7,7 +7,7 @@ from functools import partial
 
 import pytest
 import trio
-from trio_websocket import ConnectionRejected, open_websocket_url
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from engine.client import AudioFile, stream_audio
 from engine.dialects import v1
@@ -119,3 +119,27 @@ async def test_websocket_pings_count_as_keepalive(threaded_store):
             msg = v1.decode_server(await ws.get_message())
             assert isinstance(msg, v1.Error) and msg.code == "KEEPALIVE_TIMEOUT"
         await engine.shutdown()
+
+
+@pytest.mark.trio
+async def test_oversized_frame_closes_1009_and_keeps_the_billing(threaded_store):
+    engine = make_engine(threaded_store, utc_offset=None, settings=ServerSettings(max_message_size=8192))
+    key = await new_account(threaded_store, "pro", credits=100)
+    async with trio.open_nursery() as nursery:
+        url = await start_server(nursery, engine)
+        headers = [(b"Authorization", f"Bearer {key}".encode())]
+        async with open_websocket_url(f"{url}/v1/stream", extra_headers=headers) as ws:
+            await ws.send_message(v1.encode(v1.Start(audio=v1._Audio(encoding="pcm_s16le", sample_rate=SR))))
+            assert isinstance(v1.decode_server(await ws.get_message()), v1.SessionStarted)
+            await ws.send_message(speech_like(0.25))  # 8,000 bytes: fits
+            await ws.send_message(bytes(8194))  # over the limit
+            with pytest.raises(ConnectionClosed) as info:
+                while True:
+                    await ws.get_message()
+        assert info.value.reason.code == 1009
+        with trio.fail_after(5):
+            while engine.sessions:
+                await trio.sleep(0.05)
+        await engine.shutdown()
+    # the quarter second before the oversized frame is billed: 0.5 credits
+    assert (await threaded_store.authenticate(key)).balance_micro == 100 * MICRO - MICRO // 2

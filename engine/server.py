@@ -241,7 +241,7 @@ class Engine:
         await self._run_actor(SessionActor(self, conn, d, account))
 
     def _ensure_background(self) -> None:
-        """Lease renewal and recovery run whenever sessions may run, whether through
+        """Lease renewal, checkpoints and recovery run whenever sessions may run, whether through
         :meth:`serve` or :meth:`run_connection` (as Trio system tasks, ended by shutdown)."""
         if self._background is not None:
             return
@@ -253,6 +253,7 @@ class Engine:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._lease_loop)
                     nursery.start_soon(self._recover_loop)
+                    nursery.start_soon(self._checkpoint_loop)
 
         trio.lowlevel.spawn_system_task(background, name="engine background")
 
@@ -280,6 +281,21 @@ class Engine:
                     await self.store.renew_leases(self.owner, list(self.sessions), now + s.lease_s)
                 except Exception:
                     log.exception("lease renewal failed")
+
+    async def _checkpoint_loop(self) -> None:
+        """Every ``checkpoint_interval_s``, queue every live session's cumulative totals
+        for the store's group commit: one timer for the process, not one per session."""
+        interval = self.settings.checkpoint_interval_s
+        while True:
+            await trio.sleep(interval)
+            now = trio.current_time()
+            for actor in list(self.sessions.values()):
+                cp = actor.checkpoint_now(now)
+                if cp is not None:
+                    try:
+                        await self.store.checkpoint(cp)
+                    except Exception:
+                        log.exception("checkpoint of session %s failed", actor.session_id)
 
     async def _recover_loop(self) -> None:
         while True:

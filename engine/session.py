@@ -1,6 +1,8 @@
 """One supervised actor per session: the Trio shell around the policy core.
 
-A :class:`SessionActor` owns one connection and one nursery with these tasks:
+A :class:`SessionActor` owns one connection and one nursery with these tasks
+(billing checkpoints of all sessions are queued by one engine-wide task, see
+``Engine._checkpoint_loop``, rather than by a timer per session):
 
 - **receiver** (the hot path): reads a message, lets the dialect decode it,
   feeds audio to the native decoder (decode + energy + VAD in one call) and
@@ -9,8 +11,6 @@ A :class:`SessionActor` owns one connection and one nursery with these tasks:
 - **timer**: sleeps until the policy's next deadline and runs ``tick``
   (idle detection from the VAD decisions, timeouts, warnings, status, balance
   checks against the store).
-- **checkpointer**: hands cumulative billing checkpoints to the store's group
-  commit every ``checkpoint_interval_s``.
 - **sink** (optional): passes decoded frames with their VAD flags to the host's
   recognizer through a bounded channel (a slow sink slows the receiver, and
   TCP slows the client: memory stays bounded).
@@ -229,7 +229,6 @@ class SessionActor:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 nursery.start_soon(self._timer)
-                nursery.start_soon(self._checkpointer)
                 if engine.sink is not None:
                     send, recv = trio.open_memory_channel[AudioFrame](engine.settings.sink_queue)
                     nursery.start_soon(self._sink_task, recv)
@@ -328,12 +327,6 @@ class SessionActor:
             for ev in policy.tick(trio.current_time()):
                 await self._on_event(ev)
 
-    async def _checkpointer(self) -> None:
-        interval = self.engine.settings.checkpoint_interval_s
-        while True:
-            await trio.sleep(interval)
-            await self._send_checkpoint()
-
     async def _sink_task(self, recv: trio.MemoryReceiveChannel[AudioFrame]) -> None:
         sink = self.engine.sink
         assert sink is not None
@@ -410,9 +403,11 @@ class SessionActor:
             samples=cp.samples,
         )
 
-    async def _send_checkpoint(self) -> None:
-        cp = self._store_checkpoint(trio.current_time())
-        await self.engine.store.checkpoint(cp)
+    def checkpoint_now(self, now: float) -> StoreCheckpoint | None:
+        """This session's cumulative totals for the engine's checkpoint loop (None once ended)."""
+        if self.policy is None or self.policy.ended or self.session_id is None:
+            return None
+        return self._store_checkpoint(now)
 
     def _on_transport_ping(self) -> None:
         if self.policy is not None:

@@ -8,11 +8,25 @@ Concurrency model
   ``trio.to_thread.run_sync`` under a ``CapacityLimiter(1)``, so the blocking
   sqlite3 work never runs on the Trio loop and the connection
   (``check_same_thread=False``) is used by one worker thread at a time.
+* The actor serves **everything queued** (up to a bound) in **one** thread hop:
+  the write requests in one transaction, each in its own savepoint (one that
+  fails is rolled back alone and gets its error), then the reads (all queued
+  ``session_snapshot`` calls are answered by one statement). A request waits at
+  most for the hop in flight (e.g. one group commit) plus its own.
 * ``checkpoint()`` only queues. The actor writes everything queued at most
   ``commit_interval`` (default 1 s) after the first queued item, in **one**
-  transaction (group commit); ``flush()`` forces it, and every other write
-  transaction of the actor (admission, end, top-up, lease renewal) takes the
-  queued checkpoints along too.
+  transaction (group commit), in the same hop as whatever requests are queued
+  then; ``flush()`` forces it. Other writes (admission, end, ...) do not wait
+  for, nor carry, the queued checkpoints. If the checkpoints fail, the
+  requests of the hop are run again without them and they are retried later.
+* Cost model: while the Trio thread is busy, the worker thread waits for the
+  GIL after every sqlite3 call (at least the switch interval, 5 ms by
+  default; much longer if the Trio thread drops and retakes the GIL more often
+  than that, e.g. around short syscalls). So the store counts **calls**, not
+  rows: a group commit is four calls whatever the number of sessions
+  (``BEGIN IMMEDIATE``, one read of the state as JSON, one insert into a temp
+  view whose trigger runs one bulk ``json_each`` statement per table,
+  ``COMMIT``), an admission usually four, a batch of session snapshots one.
 * Every write transaction is ``BEGIN IMMEDIATE``: it takes the database write
   lock up front, so two processes sharing the file serialise their admissions
   (the SQLite write lock *is* the cross-process admission lock) and nobody can
@@ -20,7 +34,7 @@ Concurrency model
   ``busy_timeout`` makes a waiting writer block instead of failing.
 * ``snapshot()`` reads what is committed; :meth:`SqliteStore.session_snapshot`
   also returns the seq of the session's last committed checkpoint, read in the
-  same transaction (what the session policy's ``persisted_seq`` wants).
+  same statement (what the session policy's ``persisted_seq`` wants).
 * Tests on an autojump ``MockClock`` should open the store with
   ``threaded=False`` (see :meth:`SqliteStore.open`).
 * WAL journal mode: readers (snapshots, CLI queries) never block the writer.
@@ -55,7 +69,7 @@ buckets with one indexed range scan (at most 744 rows per account). Why:
 * resets are predictable and can be told to users ("your hourly quota resets at
   14:00 UTC"), exactly the semantics of an ``X-RateLimit-Reset`` timestamp;
   a rolling window has no single reset instant;
-* hour buckets are cheap: one upsert per account per checkpoint batch, and
+* hour buckets are cheap: one upserted row per account per checkpoint batch, and
   every window is an indexed sum over a bounded range; a rolling window needs
   per-event rows (or approximations) to subtract what slid out;
 * the three windows nest (hour within day within month), so one bucket table
@@ -97,12 +111,14 @@ import math
 import secrets
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, field
 from os import PathLike
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import msgspec
 import outcome
 import trio
 
@@ -219,8 +235,6 @@ _V1: tuple[str, ...] = (
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
 SCHEMA_VERSION = len(MIGRATIONS)
 
-_CHUNK = 500  # bound on "IN (?, ?, ...)" parameter lists
-
 _SESSION_COLS = (
     "session_id, account_id, model, encoding, sample_rate, channels, started_utc, ended_utc,"
     " end_reason, end_code, audio_ms, speech_ms, duration_ms, billed_micro, owner,"
@@ -235,6 +249,173 @@ _INSERT_LEDGER = (
     " idempotency_key, session_id, created_utc) VALUES (?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (idempotency_key) DO NOTHING"
 )
+
+# ---------------------------------------------------------------------------
+# Bulk statements. The worker thread re-acquires the GIL after every sqlite3
+# call (prepare, each step, each fetched row), which takes up to the switch
+# interval (5 ms) while the Trio thread is busy: what costs is the number of
+# calls, not the number of rows. So a group commit is a handful of statements
+# whatever the number of sessions: its rows travel as one JSON array parameter
+# (``json_each``), its reads come back as JSON aggregates in one row, and its
+# four writes run in one call (the ``cp_write`` trigger). (Only integers and
+# text come back as JSON: SQLite prints reals with 15 significant digits.)
+# ---------------------------------------------------------------------------
+
+_HAS_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33, 0)  # else executemany (slower)
+
+
+def _j(i: int) -> str:
+    return f"json_extract(value, '$[{i}]')"
+
+
+_json_encoder = msgspec.json.Encoder()
+_json_loads = msgspec.json.decode
+
+
+def _json(rows: object) -> str:
+    """JSON text (a str: SQLite would take bytes as a BLOB); floats round-trip exactly."""
+    return _json_encoder.encode(rows).decode()
+
+
+# ?1: the batch's session ids; ?2: the ledger keys its charges would use.
+_CP_STATE = (
+    "SELECT"
+    " (SELECT json_group_array(json_array(s.session_id, s.account_id, s.seq, s.billed_micro,"
+    "   s.usage_ms, s.ended_utc IS NOT NULL))"
+    "  FROM sessions s WHERE s.session_id IN (SELECT value FROM json_each(?1))),"
+    f" (SELECT json_group_array(json_array({_ACCOUNT_COLS})) FROM accounts"
+    "  WHERE account_id IN (SELECT s.account_id FROM sessions s"
+    "   WHERE s.session_id IN (SELECT value FROM json_each(?1)) AND s.ended_utc IS NULL)),"
+    " (SELECT json_group_array(idempotency_key) FROM ledger"
+    "  WHERE idempotency_key IN (SELECT value FROM json_each(?2)))"
+)
+# rows: [session_id, seq, checkpoint_utc, billed, usage, audio, speech, duration, samples]
+_CP_SESSION_FIELDS: tuple[str, ...] = (
+    "seq",
+    "checkpoint_utc",
+    "billed_micro",
+    "usage_ms",
+    "audio_ms",
+    "speech_ms",
+    "duration_ms",
+    "samples",
+)
+_CP_SESSIONS = (
+    "UPDATE sessions SET "
+    + ", ".join(f"{c} = j.{c}" for c in _CP_SESSION_FIELDS)
+    + " FROM (SELECT "
+    + ", ".join(f"{_j(i)} AS {c}" for i, c in enumerate(("session_id", *_CP_SESSION_FIELDS)))
+    + " FROM json_each(?)) AS j WHERE sessions.session_id = j.session_id"
+)
+_CP_SESSIONS_MANY = (
+    "UPDATE sessions SET "
+    + ", ".join(f"{c} = ?{i + 2}" for i, c in enumerate(_CP_SESSION_FIELDS))
+    + " WHERE session_id = ?1"
+)
+# rows: [account_id, hour_start, usage_ms, billed_micro]
+_CP_USAGE = (
+    "INSERT INTO usage_hourly (account_id, hour_start, usage_ms, billed_micro)"
+    f" SELECT {_j(0)}, {_j(1)}, {_j(2)}, {_j(3)} FROM json_each(?) WHERE true"
+    " ON CONFLICT (account_id, hour_start) DO UPDATE SET"
+    " usage_ms = usage_ms + excluded.usage_ms,"
+    " billed_micro = billed_micro + excluded.billed_micro"
+)
+# rows: [account_id, amount_micro, balance_after_micro, idempotency_key, session_id, created_utc]
+_CP_LEDGER = (
+    "INSERT INTO ledger (account_id, kind, amount_micro, balance_after_micro,"
+    " idempotency_key, session_id, created_utc)"
+    f" SELECT {_j(0)}, 'charge', {_j(1)}, {_j(2)}, {_j(3)}, {_j(4)}, {_j(5)}"
+    " FROM json_each(?) WHERE true ORDER BY key"
+    " ON CONFLICT (idempotency_key) DO NOTHING"
+)
+# rows: [account_id, balance_micro]
+_CP_BALANCES = (
+    "UPDATE accounts SET balance_micro = j.balance_micro"
+    f" FROM (SELECT {_j(0)} AS account_id, {_j(1)} AS balance_micro FROM json_each(?)) AS j"
+    " WHERE accounts.account_id = j.account_id"
+)
+_CP_BALANCES_MANY = "UPDATE accounts SET balance_micro = ?2 WHERE account_id = ?1"
+
+
+def _cp_write_ddl() -> tuple[str, ...]:
+    """A temp view whose INSTEAD OF INSERT trigger runs the four statements above: one
+    ``INSERT INTO cp_write VALUES (sessions, usage, ledger, balances)`` (JSON arrays of
+    rows, ``[]`` for none) writes a whole group commit in **one** sqlite3 call, checking
+    that every row was written (else the statement aborts: nothing of it is kept).
+    Temp objects live in the connection, not in the database file (no migration)."""
+
+    def rows(sql: str, col: str) -> str:
+        assert sql.count("json_each(?)") == 1
+        return sql.replace("json_each(?)", f"json_each(NEW.{col})") + ";"
+
+    def check(col: str, what: str) -> str:
+        return (
+            f" SELECT RAISE(ABORT, 'group commit: {what}') WHERE changes() != json_array_length(NEW.{col});"
+        )
+
+    return (
+        "CREATE TEMP VIEW IF NOT EXISTS cp_write (sessions, usage, ledger, balances)"
+        " AS SELECT NULL, NULL, NULL, NULL",
+        "CREATE TEMP TRIGGER IF NOT EXISTS cp_write_rows INSTEAD OF INSERT ON cp_write BEGIN "
+        + rows(_CP_SESSIONS, "sessions")
+        + check("sessions", "a session row is missing")
+        + rows(_CP_USAGE, "usage")
+        + rows(_CP_LEDGER, "ledger")
+        + check("ledger", "a charge was not inserted (its key is in the ledger)")
+        + rows(_CP_BALANCES, "balances")
+        + check("balances", "an account row is missing")
+        + " END",
+    )
+
+
+# An account snapshot in one statement (so it needs no transaction of its own).
+# The rows are "accounts a"; the parameters (_SNAPSHOT_PARAMS) are spelled with
+# prefix ``p``: ":" for named parameters (_snapshot_params), "j." for the columns
+# of a json_each row (_SESSION_SNAPSHOTS).
+_SNAPSHOT_PARAMS = ("exclude", "now", "hour", "day0", "day1", "month0", "month1")
+
+
+def _snapshot_cols(p: str) -> str:
+    return (
+        "a.account_id, a.plan, a.balance_micro,"
+        " (SELECT COUNT(*) FROM sessions o WHERE o.account_id = a.account_id AND o.ended_utc IS NULL"
+        f"  AND o.lease_until_utc > {p}now AND o.session_id != {p}exclude),"
+        " (SELECT COALESCE(SUM(u.usage_ms), 0) FROM usage_hourly u"
+        f"  WHERE u.account_id = a.account_id AND u.hour_start = {p}hour),"
+        " (SELECT COALESCE(SUM(u.usage_ms), 0) FROM usage_hourly u"
+        f"  WHERE u.account_id = a.account_id AND u.hour_start >= {p}day0 AND u.hour_start < {p}day1),"
+        " (SELECT COALESCE(SUM(u.usage_ms), 0) FROM usage_hourly u"
+        f"  WHERE u.account_id = a.account_id AND u.hour_start >= {p}month0 AND u.hour_start < {p}month1)"
+    )
+
+
+_SNAPSHOT_COLS = _snapshot_cols(":")
+# Admission: the snapshot, the row of the session id (if any, else NULLs), and
+# whether _settle_expired() has anything to do for the account (its two WHEREs).
+_ADMISSION = (
+    f"SELECT {_SNAPSHOT_COLS}, s.account_id, s.owner, s.ended_utc, s.settled,"
+    " s.resume_until_utc, s.seq, s.duration_ms, s.audio_ms, s.speech_ms, s.samples,"
+    " s.billed_micro, s.usage_ms,"
+    " EXISTS (SELECT 1 FROM sessions x WHERE x.account_id = a.account_id"
+    "  AND x.ended_utc IS NULL AND x.lease_until_utc <= :now)"
+    " OR EXISTS (SELECT 1 FROM sessions x WHERE +x.account_id = a.account_id"  # "+": sessions_resumable
+    "  AND x.ended_utc IS NOT NULL AND x.settled = 0 AND x.resume_until_utc <= :now)"
+    " FROM accounts a LEFT JOIN sessions s ON s.session_id = :sid WHERE a.account_id = :account"
+)
+# Many session snapshots in one statement; rows: [session_id, *the other _SNAPSHOT_PARAMS].
+# Every column is an integer or text, so they come back exactly as JSON.
+_SESSION_SNAPSHOTS = (
+    f"SELECT json_group_array(json_array(j.i, {_snapshot_cols('j.')}, s.seq))"
+    " FROM (SELECT key AS i, "
+    + ", ".join(f"{_j(k)} AS {n}" for k, n in enumerate(_SNAPSHOT_PARAMS))
+    + " FROM json_each(?)) AS j"
+    " JOIN sessions s ON s.session_id = j.exclude JOIN accounts a ON a.account_id = s.account_id"
+)
+_SNAPSHOT_WIDTH = 7
+
+# The actor serves at most this many queued requests per thread hop (FIFO).
+_MAX_WRITES_PER_HOP = 64
+_MAX_READS_PER_HOP = 1024
 
 
 def hash_api_key(api_key: str) -> str:
@@ -287,9 +468,52 @@ def _ledger_entry(row: Sequence[Any]) -> LedgerEntry:
     )
 
 
-def _chunks(items: Sequence[T], n: int = _CHUNK) -> Iterable[Sequence[T]]:
-    for i in range(0, len(items), n):
-        yield items[i : i + n]
+def _snapshot_params(now_utc: float, exclude: str | None) -> dict[str, Any]:
+    w = calendar_windows(now_utc)
+    values = (exclude or "", now_utc, w.hour_start, w.day_start, w.day_end, w.month_start, w.month_end)
+    return dict(zip(_SNAPSHOT_PARAMS, values, strict=True))
+
+
+def _snapshot(row: Sequence[Any]) -> AccountSnapshot:
+    """The first ``_SNAPSHOT_WIDTH`` columns of a row that selected ``_SNAPSHOT_COLS``."""
+    return AccountSnapshot(
+        account_id=row[0],
+        plan=row[1],
+        balance_micro=row[2],
+        active_sessions=row[3],
+        usage=Usage(hour_ms=row[4], day_ms=row[5], month_ms=row[6]),
+    )
+
+
+def _write_checkpoints(
+    conn: sqlite3.Connection,
+    sessions: list[list[Any]],
+    usage: list[list[Any]],
+    ledger: list[list[Any]],
+    balances: list[list[Any]],
+) -> None:
+    """A group commit's writes: one statement (the ``cp_write`` trigger, see
+    :func:`_cp_write_ddl`), or on SQLite < 3.33 (no ``UPDATE ... FROM``) one or
+    ``executemany`` per table. Every row must be written, else it raises (and the
+    caller's transaction rolls back: never a balance without its ledger entry)."""
+    if _HAS_UPDATE_FROM:
+        conn.execute(
+            "INSERT INTO cp_write VALUES (?, ?, ?, ?)",
+            (_json(sessions), _json(usage), _json(ledger), _json(balances)),
+        )
+        return
+    if sessions and conn.executemany(_CP_SESSIONS_MANY, sessions).rowcount != len(sessions):
+        raise StoreError("group commit: a session row is missing")
+    if usage:
+        conn.execute(_CP_USAGE, (_json(usage),))
+    if ledger and conn.execute(_CP_LEDGER, (_json(ledger),)).rowcount != len(ledger):
+        raise StoreError("group commit: a charge was not inserted (its key is in the ledger)")
+    if balances and conn.executemany(_CP_BALANCES_MANY, balances).rowcount != len(balances):
+        raise StoreError("group commit: an account row is missing")
+
+
+def _noop(txn: object) -> None:
+    return None
 
 
 @dataclass
@@ -313,24 +537,51 @@ class _Crossing:
 
 @dataclass
 class _Txn:
-    """What one write transaction did besides its result."""
+    """What one write transaction (or one request inside it) did besides its result."""
 
     conn: sqlite3.Connection
     crossings: list[_Crossing] = field(default_factory=list)
     applied: int = 0
     ignored: int = 0
+    balances: dict[str, int] = field(default_factory=dict)  # accounts charged: balance after
+
+    def merge(self, other: _Txn) -> None:
+        self.crossings += other.crossings
+        self.applied += other.applied
+        self.ignored += other.ignored
+        self.balances.update(other.balances)
+
+
+_Bulk = Callable[[sqlite3.Connection, list[Any]], list[outcome.Outcome[Any]]]
 
 
 @dataclass
 class _Request:
-    fn: Callable[[Any], Any] | None  # None: commit queued checkpoints only
+    fn: Callable[[Any], Any] | None  # write: fn(_Txn); read: fn(sqlite3.Connection)
     write: bool
+    commit: bool = False  # flush(): commit the queued checkpoints in the same transaction
+    single: bool = False  # a read of exactly one statement: consistent without a transaction
+    # a read served together with the hop's other reads of the same kind, in one
+    # statement: bulk(conn, [arg, ...]) -> one outcome per arg (fn is then None)
+    bulk: _Bulk | None = None
+    arg: Any = None
     done: trio.Event = field(default_factory=trio.Event)
     result: outcome.Outcome[Any] | None = None
 
     def finish(self, result: outcome.Outcome[Any]) -> None:
         self.result = result
         self.done.set()
+
+
+@dataclass
+class _Hop:
+    """What one thread hop did (filled in the worker thread, read on the Trio thread)."""
+
+    txn: _Txn | None = None  # the committed write transaction, if any
+    writes: list[outcome.Outcome[Any]] = field(default_factory=list)  # one per write request
+    reads: list[outcome.Outcome[Any]] = field(default_factory=list)  # one per read request
+    write_error: Exception | None = None  # the write transaction failed as a whole
+    cps_error: Exception | None = None  # the queued checkpoints failed (rolled back: retry them)
 
 
 _WAKE = object()  # sent to the actor when the first checkpoint is queued
@@ -364,6 +615,7 @@ class SqliteStore:
         self._limiter = trio.CapacityLimiter(1)
         self._send, self._recv = trio.open_memory_channel[object](math.inf)
         self._pending: list[Checkpoint] = []
+        self._backlog: deque[_Request] = deque()  # received, not yet served
         self._deadline = math.inf
         self._closing = False
         self._closed = trio.Event()
@@ -472,68 +724,114 @@ class SqliteStore:
         finally:
             self._closing = True
             self._send.close()
+            closed = StoreClosed("the store is closed")
+            while self._backlog:
+                self._backlog.popleft().finish(outcome.Error(closed))
             while True:
                 try:
                     item = self._recv.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel):
                     break
                 if isinstance(item, _Request):
-                    item.finish(outcome.Error(StoreClosed("the store is closed")))
+                    item.finish(outcome.Error(closed))
             self._pending.clear()
             try:
                 self._conn.close()
             finally:
                 self._closed.set()
 
-    async def _serve(self) -> None:
-        while True:
-            if self._pending and (
-                trio.current_time() >= self._deadline or len(self._pending) >= self._max_pending
-            ):
-                await self._execute(None)
-                continue
-            item: object = None
-            with trio.move_on_at(self._deadline if self._pending else math.inf):
-                try:
-                    item = await self._recv.receive()
-                except trio.EndOfChannel:
-                    if self._pending:  # queued after the closing flush
-                        await self._execute(None)
-                    return
-            if isinstance(item, _Request):
-                await self._execute(item)
+    def _commit_due(self) -> bool:
+        return bool(self._pending) and (
+            trio.current_time() >= self._deadline or len(self._pending) >= self._max_pending
+        )
 
-    async def _execute(self, req: _Request | None) -> None:
-        if req is not None and not req.write:
-            got = await self._run(self._read_txn, req.fn)
-            req.finish(got)
-            return
-        cps = self._pending
-        self._pending = []
-        self._deadline = math.inf
-        fn: Callable[[_Txn], Any] | None = None if req is None else req.fn
+    def _take(self, item: object) -> None:
+        if isinstance(item, _Request):
+            self._backlog.append(item)
+
+    async def _serve(self) -> None:
+        """Each iteration takes everything queued and serves it in **one** thread hop.
+
+        A request therefore waits at most for the hop in flight (e.g. one group
+        commit) and its own, however many requests are queued: under load the
+        actor's throughput does not collapse to one request per loop turn.
+        """
+        closed = False
+        while True:
+            if not closed and not self._backlog and not self._commit_due():
+                with trio.move_on_at(self._deadline if self._pending else math.inf):
+                    try:
+                        self._take(await self._recv.receive())
+                    except trio.EndOfChannel:
+                        closed = True
+            while not closed:  # everything else queued meanwhile joins the same hop
+                try:
+                    self._take(self._recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+                except trio.EndOfChannel:
+                    closed = True
+            writes: list[_Request] = []
+            reads: list[_Request] = []
+            backlog = self._backlog
+            while backlog and len(writes) < _MAX_WRITES_PER_HOP and len(reads) < _MAX_READS_PER_HOP:
+                req = backlog.popleft()
+                (writes if req.write else reads).append(req)
+            due = bool(self._pending) and (closed or self._commit_due())  # timer, size or close
+            commit = due or (bool(self._pending) and any(r.commit for r in writes))
+            if writes or reads or commit:
+                await self._execute(writes, reads, commit=commit, timer=due)
+            if closed and not backlog:
+                return
+
+    async def _execute(
+        self, writes: list[_Request], reads: list[_Request], *, commit: bool, timer: bool
+    ) -> None:
+        cps: list[Checkpoint] = []
+        if commit:
+            cps = self._pending
+            self._pending = []
+            self._deadline = math.inf
         try:
-            done: tuple[_Txn, outcome.Outcome[Any] | None] = await self._run(self._write_txn, cps, fn)
-            txn, res = done
-        except Exception as exc:  # the whole transaction rolled back
-            self.stats.failed_transactions += 1
-            if cps:  # keep them for the next try, in order
-                self._pending[:0] = cps
-                self._deadline = trio.current_time() + self.commit_interval
-            if req is None:
-                log.warning("group commit of %d checkpoints failed: %r (will retry)", len(cps), exc)
-            else:
-                req.finish(outcome.Error(exc))
-            return
-        self.stats.transactions += 1
-        if req is None:
-            self.stats.group_commits += 1
-        self.stats.checkpoints_applied += txn.applied
-        self.stats.checkpoints_ignored += txn.ignored
-        for crossing in txn.crossings:
-            self._start_auto_topup(crossing)
-        if req is not None:
-            req.finish(res if res is not None else outcome.Value(None))
+            hop: _Hop = await self._run(self._hop, cps, [r.fn for r in writes], reads)
+        except BaseException as exc:  # the thread machinery itself failed (or we are cancelled)
+            err = exc if isinstance(exc, Exception) else StoreClosed("the store is closed")
+            for r in (*writes, *reads):
+                r.finish(outcome.Error(err))
+            if cps:
+                self._requeue(cps)
+            if isinstance(exc, Exception):
+                self.stats.failed_transactions += 1
+                log.exception("store hop failed")
+                return
+            raise
+        st = self.stats
+        if hop.cps_error is not None:
+            st.failed_transactions += 1
+            self._requeue(cps)
+            log.warning("group commit of %d checkpoints failed: %r (will retry)", len(cps), hop.cps_error)
+        if hop.write_error is not None and hop.write_error is not hop.cps_error:
+            st.failed_transactions += 1
+        txn = hop.txn
+        if txn is not None:
+            st.transactions += 1
+            if timer and cps and hop.cps_error is None:
+                st.group_commits += 1
+            st.checkpoints_applied += txn.applied
+            st.checkpoints_ignored += txn.ignored
+            for crossing in txn.crossings:
+                self._start_auto_topup(crossing)
+        for r, res in zip(writes, hop.writes, strict=True):
+            if r.commit and hop.cps_error is not None:  # flush(): its checkpoints were not written
+                res = outcome.Error(hop.cps_error)
+            r.finish(res)
+        for r, res in zip(reads, hop.reads, strict=True):
+            r.finish(res)
+
+    def _requeue(self, cps: list[Checkpoint]) -> None:
+        """Put checkpoints that were not committed back in front of the queue, for the next try."""
+        self._pending[:0] = cps
+        self._deadline = trio.current_time() + self.commit_interval
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run blocking database work: on the store's worker thread (one at a time)."""
@@ -543,57 +841,146 @@ class SqliteStore:
         await trio.lowlevel.checkpoint()
         return result
 
-    def _read_txn(self, fn: Callable[[sqlite3.Connection], Any] | None) -> outcome.Outcome[Any]:
-        conn = self._conn
-        try:
-            conn.execute("BEGIN")
+    def _hop(self, cps: list[Checkpoint], writes: list[Any], reads: list[_Request]) -> _Hop:
+        """One thread hop (in the worker thread): one write transaction, then the reads.
+
+        If the write transaction fails because of the queued checkpoints, the
+        requests are run again without them (the checkpoints are retried later).
+        """
+        hop = _Hop()
+        if cps or writes:
             try:
-                return outcome.Value(fn(conn) if fn is not None else None)
-            finally:
-                conn.execute("COMMIT")
+                hop.txn, hop.writes = self._write_txn(cps, writes)
+            except Exception as exc:
+                if cps:
+                    hop.cps_error = exc
+                if cps and writes:
+                    try:
+                        hop.txn, hop.writes = self._write_txn([], writes)
+                    except Exception as exc2:
+                        hop.write_error = exc2
+                elif writes:
+                    hop.write_error = exc
+                if hop.write_error is not None:
+                    hop.txn = None
+                    hop.writes = [outcome.Error(hop.write_error)] * len(writes)
+        if reads:
+            hop.reads = self._read_txn(reads)
+        return hop
+
+    def _read_txn(self, reads: list[_Request]) -> list[outcome.Outcome[Any]]:
+        """Run read requests (in the worker thread: only their fields are used) on what is
+        committed. Bulk reads of one kind share one statement; a one-statement read is
+        consistent on its own (autocommit); the others share one read transaction."""
+        conn = self._conn
+        results: list[outcome.Outcome[Any] | None] = [None] * len(reads)
+        bulks: dict[_Bulk, list[int]] = {}
+        multi: list[int] = []
+        for i, req in enumerate(reads):
+            if req.bulk is not None:
+                bulks.setdefault(req.bulk, []).append(i)
+            elif not req.single:
+                multi.append(i)
+        for bulk, idx in bulks.items():
+            try:
+                got = bulk(conn, [reads[i].arg for i in idx])
+            except Exception as exc:
+                got = [outcome.Error(exc)] * len(idx)
+            for i, res in zip(idx, got, strict=True):
+                results[i] = res
+        for i, req in enumerate(reads):
+            if req.single and req.bulk is None:
+                results[i] = self._read_one(req, conn)
+        if multi:
+            try:
+                conn.execute("BEGIN")
+            except Exception as exc:
+                for i in multi:
+                    results[i] = outcome.Error(exc)
+            else:
+                try:
+                    for i in multi:
+                        results[i] = self._read_one(reads[i], conn)
+                finally:
+                    if conn.in_transaction:
+                        try:
+                            conn.execute("COMMIT")
+                        except Exception:  # nothing to lose: it only read
+                            with suppress(Exception):
+                                conn.execute("ROLLBACK")
+        out = [r for r in results if r is not None]
+        assert len(out) == len(reads)
+        return out
+
+    @staticmethod
+    def _read_one(req: _Request, conn: sqlite3.Connection) -> outcome.Outcome[Any]:
+        assert req.fn is not None
+        try:
+            return outcome.Value(req.fn(conn))
         except Exception as exc:
             return outcome.Error(exc)
 
     def _write_txn(
-        self, cps: list[Checkpoint], fn: Callable[[_Txn], Any] | None
-    ) -> tuple[_Txn, outcome.Outcome[Any] | None]:
-        """One ``BEGIN IMMEDIATE`` transaction: queued checkpoints, then ``fn``.
+        self, cps: list[Checkpoint], fns: list[Callable[[_Txn], Any]]
+    ) -> tuple[_Txn | None, list[outcome.Outcome[Any]]]:
+        """One ``BEGIN IMMEDIATE`` transaction: queued checkpoints, then each ``fn`` in order.
 
-        ``fn`` runs inside a savepoint: if it raises, only its own changes are
-        rolled back, the checkpoints still commit, and the error is returned.
-        If the transaction itself fails, everything rolls back and it raises.
+        Each ``fn`` runs inside its own savepoint: if it raises, only its own
+        changes are rolled back, the rest still commits, and its error is its
+        result. (A lone ``fn`` needs no savepoint: if it raises, the transaction
+        is rolled back and ``None`` is returned instead of the transaction.) If
+        the transaction itself fails, everything rolls back and it raises.
         """
         conn = self._conn
         txn = _Txn(conn)
+        results: list[outcome.Outcome[Any]] = []
+        isolate = bool(cps) or sum(fn is not _noop for fn in fns) > 1
         conn.execute("BEGIN IMMEDIATE")
         try:
             if cps:
                 self._apply_checkpoints(txn, cps)
-            res: outcome.Outcome[Any] | None = None
-            if fn is not None:
-                conn.execute("SAVEPOINT op")
+            for fn in fns:
+                if fn is _noop:  # flush(): nothing to run, nothing to isolate
+                    results.append(outcome.Value(None))
+                    continue
                 sub = _Txn(conn)
+                if isolate:
+                    conn.execute("SAVEPOINT op")
                 try:
-                    res = outcome.Value(fn(sub))
+                    value = fn(sub)
                 except Exception as exc:
+                    if not isolate:
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                        return None, [outcome.Error(exc)]
                     conn.execute("ROLLBACK TO op")
-                    res = outcome.Error(exc)
-                else:
-                    txn.crossings += sub.crossings
-                    txn.applied += sub.applied
-                    txn.ignored += sub.ignored
-                conn.execute("RELEASE op")
+                    conn.execute("RELEASE op")
+                    results.append(outcome.Error(exc))
+                    continue
+                if isolate:
+                    conn.execute("RELEASE op")
+                txn.merge(sub)
+                results.append(outcome.Value(value))
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
-        return txn, res
+        return txn, results
 
-    async def _call(self, fn: Callable[[Any], T], *, write: bool) -> T:
+    async def _call(
+        self,
+        fn: Callable[[Any], T] | None,
+        *,
+        write: bool,
+        commit: bool = False,
+        single: bool = False,
+        bulk: _Bulk | None = None,
+        arg: Any = None,
+    ) -> T:
         if self._closing:
             raise StoreClosed("the store is closed")
-        req = _Request(fn, write)
+        req = _Request(fn, write, commit=commit, single=single, bulk=bulk, arg=arg)
         try:
             self._send.send_nowait(req)
         except (trio.ClosedResourceError, trio.BrokenResourceError):
@@ -648,7 +1035,13 @@ class SqliteStore:
     # ------------------------------------------------------------------ checkpoints
 
     def _apply_checkpoints(self, txn: _Txn, cps: Sequence[Checkpoint]) -> None:
-        """Apply cumulative checkpoints (any order, any repeats) inside ``txn``."""
+        """Apply cumulative checkpoints (any order, any repeats) inside ``txn``.
+
+        Two statements whatever the number of sessions: one read (``_CP_STATE``) of
+        the sessions, their accounts and the ledger keys the charges would use;
+        everything is computed here; then one write (:func:`_write_checkpoints`:
+        one bulk statement per table, all run by one insert into ``cp_write``).
+        """
         conn = txn.conn
         by_sid: dict[str, list[Checkpoint]] = {}
         for cp in cps:
@@ -657,27 +1050,26 @@ class SqliteStore:
                 by_sid[cp.session_id] = [cp]
             else:
                 lst.append(cp)
-        rows: dict[str, tuple[str, int, int, int, float | None]] = {}
-        sids = list(by_sid)
-        for chunk in _chunks(sids):
-            marks = ",".join("?" * len(chunk))
-            for r in conn.execute(
-                "SELECT session_id, account_id, seq, billed_micro, usage_ms, ended_utc"
-                f" FROM sessions WHERE session_id IN ({marks})",
-                chunk,
-            ):
-                rows[r[0]] = (r[1], r[2], r[3], r[4], r[5])
-        session_updates: list[tuple[Any, ...]] = []
+        # the only key a session can charge under in this batch is that of its highest seq
+        keys = [f"{sid}:{max(c.seq for c in lst)}" for sid, lst in by_sid.items()]
+        sessions_json, accounts_json, taken_json = conn.execute(
+            _CP_STATE, (_json(list(by_sid)), _json(keys))
+        ).fetchone()
+        rows: dict[str, list[Any]] = {r[0]: r for r in _json_loads(sessions_json)}
+        session_updates: list[list[Any]] = []
         usage: dict[tuple[str, int], list[int]] = {}
         # per account: [(session_id, seq, amount, now_utc)]
         charges: dict[str, list[tuple[str, int, int, float]]] = {}
         applied = ignored = 0
         for sid, lst in by_sid.items():
             row = rows.get(sid)
-            if row is None or row[4] is not None:
+            if row is None or row[5]:  # unknown or ended session
                 ignored += len(lst)
                 continue
-            account_id, seq, billed, used, _ = row
+            account_id: str = row[1]
+            seq: int = row[2]
+            billed: int = row[3]
+            used: int = row[4]
             if len(lst) > 1:
                 lst.sort(key=lambda c: c.seq)
             last: Checkpoint | None = None
@@ -705,7 +1097,8 @@ class SqliteStore:
             if last is None:
                 continue
             session_updates.append(
-                (
+                [
+                    sid,
                     seq,
                     last.now_utc,
                     billed,
@@ -714,63 +1107,56 @@ class SqliteStore:
                     last.speech_ms,
                     last.duration_ms,
                     last.samples,
-                    sid,
-                )
+                ]
             )
             if charge_amount:
                 charges.setdefault(account_id, []).append((sid, seq, charge_amount, last.now_utc))
         txn.applied += applied
         txn.ignored += ignored
-        if session_updates:
-            conn.executemany(
-                "UPDATE sessions SET seq = ?, checkpoint_utc = ?, billed_micro = ?, usage_ms = ?,"
-                " audio_ms = ?, speech_ms = ?, duration_ms = ?, samples = ?"
-                " WHERE session_id = ?",
-                session_updates,
-            )
-        if usage:
-            conn.executemany(
-                "INSERT INTO usage_hourly (account_id, hour_start, usage_ms, billed_micro)"
-                " VALUES (?, ?, ?, ?) ON CONFLICT (account_id, hour_start) DO UPDATE SET"
-                " usage_ms = usage_ms + excluded.usage_ms,"
-                " billed_micro = billed_micro + excluded.billed_micro",
-                [(a, h, v[0], v[1]) for (a, h), v in usage.items()],
-            )
+        ledger_rows: list[list[Any]] = []
+        balances: list[list[Any]] = []
         if charges:
-            self._charge(txn, charges)
+            accounts = {r[0]: _account(r) for r in _json_loads(accounts_json)}
+            ledger_rows, balances = self._charge(txn, charges, accounts, set(_json_loads(taken_json)))
+        usage_rows = [[a, h, v[0], v[1]] for (a, h), v in usage.items()]
+        if session_updates or usage_rows or ledger_rows or balances:
+            _write_checkpoints(conn, session_updates, usage_rows, ledger_rows, balances)
 
-    def _charge(self, txn: _Txn, charges: dict[str, list[tuple[str, int, int, float]]]) -> None:
-        conn = txn.conn
-        accounts: dict[str, Account] = {}
-        ids = list(charges)
-        for chunk in _chunks(ids):
-            marks = ",".join("?" * len(chunk))
-            for r in conn.execute(
-                f"SELECT {_ACCOUNT_COLS} FROM accounts WHERE account_id IN ({marks})", chunk
-            ):
-                accounts[r[0]] = _account(r)
-        balance_updates: list[tuple[int, str]] = []
+    def _charge(
+        self,
+        txn: _Txn,
+        charges: dict[str, list[tuple[str, int, int, float]]],
+        accounts: dict[str, Account],
+        taken: set[str],
+    ) -> tuple[list[list[Any]], list[list[Any]]]:
+        """The ledger rows and new balances for ``charges`` (written by the caller).
+
+        ``taken``: the keys among them already in the ledger (read in this
+        transaction, which holds the write lock): those are skipped, never charged
+        twice, and the balances only move by what is inserted (which is checked).
+        """
+        ledger_rows: list[list[Any]] = []
+        balances: list[list[Any]] = []
         for account_id, items in charges.items():
             acct = accounts[account_id]
             before = bal = acct.balance_micro
             last_key = ""
             for sid, seq, amount, now in items:
                 key = f"{sid}:{seq}"
-                after = bal - amount
-                cur = conn.execute(_INSERT_LEDGER, (account_id, "charge", -amount, after, key, sid, now))
-                if cur.rowcount == 1:
-                    bal = after
-                    last_key = key
-                else:  # cannot happen while seqs guard the session; never charge twice
+                if key in taken:  # cannot happen while seqs guard the session; never charge twice
                     log.error("ledger key %s already present: charge skipped", key)
+                    continue
+                bal -= amount
+                ledger_rows.append([account_id, -amount, bal, key, sid, now])
+                last_key = key
             if bal == before:
                 continue
-            balance_updates.append((bal, account_id))
+            balances.append([account_id, bal])
+            txn.balances[account_id] = bal
             threshold = acct.auto_topup_threshold_micro
             if self._topup_hook is not None and threshold is not None and before >= threshold > bal:
                 txn.crossings.append(_Crossing(account=_replace_balance(acct, bal), trigger_key=last_key))
-        if balance_updates:
-            conn.executemany("UPDATE accounts SET balance_micro = ? WHERE account_id = ?", balance_updates)
+        return ledger_rows, balances
 
     # ------------------------------------------------------------------ helpers (in thread)
 
@@ -794,25 +1180,12 @@ class SqliteStore:
         ).fetchone()
         return Usage(hour_ms=r[0], day_ms=r[1], month_ms=r[2])
 
-    def _snapshot_in(
-        self, conn: sqlite3.Connection, account: Account, now_utc: float, exclude: str | None
-    ) -> AccountSnapshot:
-        (active,) = conn.execute(
-            "SELECT COUNT(*) FROM sessions WHERE account_id = ? AND ended_utc IS NULL"
-            " AND lease_until_utc > ? AND session_id != ?",
-            (account.account_id, now_utc, exclude or ""),
-        ).fetchone()
-        return AccountSnapshot(
-            account_id=account.account_id,
-            plan=account.plan,
-            balance_micro=account.balance_micro,
-            active_sessions=active,
-            usage=self._usage(conn, account.account_id, now_utc),
-        )
-
     @staticmethod
     def _settle_expired(conn: sqlite3.Connection, now_utc: float, account_id: str | None) -> int:
-        """Settle (exactly once) sessions whose lease or resume window is over."""
+        """Settle (exactly once) sessions whose lease or resume window is over.
+
+        (``_ADMISSION`` tells whether this has anything to do for an account: keep
+        its two ``EXISTS`` in step with the two ``WHERE`` clauses here.)"""
         where_acct = "" if account_id is None else " AND account_id = :acct"
         params = {"now": now_utc, "acct": account_id}
         n = conn.execute(
@@ -998,19 +1371,21 @@ class SqliteStore:
         session is open returns it again without re-running ``check``.
         """
 
+        sid = req.resume_id if req.resume_id is not None else req.session_id
+        params = {**_snapshot_params(req.now_utc, sid), "sid": sid, "account": req.account_id}
+
         def fn(txn: _Txn) -> Admitted | Refusal:
             conn = txn.conn
-            acct = self._account_by_id(conn, req.account_id)
-            if acct is None:
+            # the account's snapshot (excluding sid), sid's row (if any), and whether the
+            # account has sessions to settle first: one statement (usually all it takes)
+            r = conn.execute(_ADMISSION, params).fetchone()
+            if r is not None and r[-1]:
+                self._settle_expired(conn, req.now_utc, req.account_id)
+                r = conn.execute(_ADMISSION, params).fetchone()
+            if r is None:
                 return Refusal(code=Code.UNAUTHORIZED, message="unknown account")
-            self._settle_expired(conn, req.now_utc, req.account_id)
-            sid = req.resume_id if req.resume_id is not None else req.session_id
-            row = conn.execute(
-                "SELECT account_id, owner, ended_utc, settled, resume_until_utc, seq,"
-                " duration_ms, audio_ms, speech_ms, samples, billed_micro, usage_ms"
-                " FROM sessions WHERE session_id = ?",
-                (sid,),
-            ).fetchone()
+            snap = _snapshot(r)
+            row = None if r[_SNAPSHOT_WIDTH] is None else r[_SNAPSHOT_WIDTH:-1]
             if req.resume_id is not None:
                 if (
                     row is None
@@ -1026,9 +1401,8 @@ class SqliteStore:
                     )
             elif row is not None:
                 if row[0] == req.account_id and row[1] == req.owner and row[2] is None:
-                    return Admitted(session_id=sid, snapshot=self._snapshot_in(conn, acct, req.now_utc, sid))
+                    return Admitted(session_id=sid, snapshot=snap)
                 raise StoreError(f"session id {sid} already exists")
-            snap = self._snapshot_in(conn, acct, req.now_utc, sid)
             refusal = check(snap)
             if refusal is not None:
                 return refusal
@@ -1076,32 +1450,27 @@ class SqliteStore:
 
     async def snapshot(self, account_id: str, now_utc: float, exclude_session: str | None) -> AccountSnapshot:
         """The account as committed (this process's queued checkpoints not included)."""
+        params = {**_snapshot_params(now_utc, exclude_session), "account": account_id}
 
         def fn(conn: sqlite3.Connection) -> AccountSnapshot:
-            acct = self._account_by_id(conn, account_id)
-            if acct is None:
+            r = conn.execute(
+                f"SELECT {_SNAPSHOT_COLS} FROM accounts a WHERE a.account_id = :account", params
+            ).fetchone()
+            if r is None:
                 raise UnknownAccount(account_id)
-            return self._snapshot_in(conn, acct, now_utc, exclude_session)
+            return _snapshot(r)
 
-        return await self._call(fn, write=False)
+        return await self._call(fn, write=False, single=True)
 
     async def session_snapshot(self, session_id: str, now_utc: float) -> tuple[AccountSnapshot, int]:
         """The session's account snapshot (excluding the session) and, read in the same
-        transaction, the seq of the session's last *committed* checkpoint: exactly the
+        statement, the seq of the session's last *committed* checkpoint: exactly the
         ``persisted_seq`` the session policy's ``refresh_account`` wants (the balance and
-        usage reflect this session's billing up to that seq, not the queued rest)."""
+        usage reflect this session's billing up to that seq, not the queued rest).
 
-        def fn(conn: sqlite3.Connection) -> tuple[AccountSnapshot, int]:
-            row = conn.execute(
-                "SELECT account_id, seq FROM sessions WHERE session_id = ?", (session_id,)
-            ).fetchone()
-            if row is None:
-                raise UnknownSession(session_id)
-            acct = self._account_by_id(conn, row[0])
-            assert acct is not None
-            return self._snapshot_in(conn, acct, now_utc, session_id), int(row[1])
-
-        return await self._call(fn, write=False)
+        Every session asks every ``balance_check_s``: all the requests queued at one
+        moment are answered by one statement (see :func:`_session_snapshots`)."""
+        return await self._call(None, write=False, bulk=_session_snapshots, arg=(session_id, now_utc))
 
     async def checkpoint(self, cp: Checkpoint) -> None:
         if self._closing:
@@ -1118,15 +1487,14 @@ class SqliteStore:
         """Extend the leases of ``owner``'s open sessions (renew them all in one call)."""
         if not session_ids:
             return
+        ids = _json(session_ids)
 
         def fn(txn: _Txn) -> None:
-            for chunk in _chunks(session_ids):
-                marks = ",".join("?" * len(chunk))
-                txn.conn.execute(
-                    "UPDATE sessions SET lease_until_utc = ? WHERE owner = ?"
-                    f" AND ended_utc IS NULL AND session_id IN ({marks})",
-                    (until_utc, owner, *chunk),
-                )
+            txn.conn.execute(
+                "UPDATE sessions SET lease_until_utc = ? WHERE owner = ? AND ended_utc IS NULL"
+                " AND session_id IN (SELECT value FROM json_each(?))",
+                (until_utc, owner, ids),
+            )
 
         await self._call(fn, write=True)
 
@@ -1136,23 +1504,17 @@ class SqliteStore:
         def fn(txn: _Txn) -> int:
             conn = txn.conn
             row = conn.execute(
-                "SELECT account_id, ended_utc, end_balance_micro, resume_window_s"
-                " FROM sessions WHERE session_id = ?",
+                "SELECT s.account_id, s.ended_utc, s.end_balance_micro, s.resume_window_s, a.balance_micro"
+                " FROM sessions s JOIN accounts a ON a.account_id = s.account_id WHERE s.session_id = ?",
                 (cp.session_id,),
             ).fetchone()
             if row is None:
                 raise UnknownSession(cp.session_id)
-            account_id, ended, end_balance, window = row
+            account_id, ended, end_balance, window, bal = row
             if ended is not None:  # already ended: same answer, no change
-                if end_balance is None:
-                    (end_balance,) = conn.execute(
-                        "SELECT balance_micro FROM accounts WHERE account_id = ?", (account_id,)
-                    ).fetchone()
-                return int(end_balance)
+                return int(end_balance if end_balance is not None else bal)
             self._apply_checkpoints(txn, [cp])
-            (bal,) = conn.execute(
-                "SELECT balance_micro FROM accounts WHERE account_id = ?", (account_id,)
-            ).fetchone()
+            bal = txn.balances.get(account_id, bal)
             conn.execute(
                 "UPDATE sessions SET ended_utc = ?, end_reason = ?, end_code = ?,"
                 " resume_until_utc = ?, settled = ?, end_balance_micro = ?,"
@@ -1176,7 +1538,7 @@ class SqliteStore:
 
     async def flush(self) -> None:
         """Commit every queued checkpoint now, and wait for auto top-ups they triggered."""
-        await self._call(lambda txn: None, write=True)
+        await self._call(_noop, write=True, commit=True)
         await self._topups_idle.wait()
 
     # ------------------------------------------------------------------ queries (CLI)
@@ -1285,6 +1647,21 @@ class SqliteStore:
         return await self._call(fn, write=False)
 
 
+def _session_snapshots(conn: sqlite3.Connection, args: list[Any]) -> list[outcome.Outcome[Any]]:
+    """:meth:`SqliteStore.session_snapshot` for many ``(session_id, now_utc)`` in one statement."""
+    rows = [list(_snapshot_params(now_utc, sid).values()) for sid, now_utc in args]
+    (found_json,) = conn.execute(_SESSION_SNAPSHOTS, (_json(rows),)).fetchone()
+    found = {r[0]: r[1:] for r in _json_loads(found_json)}
+    out: list[outcome.Outcome[Any]] = []
+    for i, (sid, _) in enumerate(args):
+        r = found.get(i)
+        if r is None:
+            out.append(outcome.Error(UnknownSession(sid)))
+        else:
+            out.append(outcome.Value((_snapshot(r), int(r[_SNAPSHOT_WIDTH]))))
+    return out
+
+
 def _replace_balance(acct: Account, balance_micro: int) -> Account:
     return Account(
         account_id=acct.account_id,
@@ -1306,6 +1683,9 @@ def _connect(path: str, busy_timeout_s: float, synchronous: str) -> sqlite3.Conn
         conn.execute(f"PRAGMA synchronous = {synchronous}")
         conn.execute("PRAGMA foreign_keys = ON")
         _migrate(conn)
+        if _HAS_UPDATE_FROM:
+            for stmt in _cp_write_ddl():
+                conn.execute(stmt)
     except BaseException:
         conn.close()
         raise

@@ -1616,35 +1616,9 @@ class SqliteStore:
         return await self._call(fn, write=False)
 
     async def check_integrity(self) -> list[str]:
-        """Problems found (empty if fine): balance != sum(ledger), broken balance_after chain,
-        or a session whose billed total differs from its charges."""
+        """Problems found (empty if fine); see :func:`integrity_problems`."""
 
-        def fn(conn: sqlite3.Connection) -> list[str]:
-            problems: list[str] = []
-            for acct, bal, total in conn.execute(
-                "SELECT a.account_id, a.balance_micro,"
-                " (SELECT COALESCE(SUM(amount_micro), 0) FROM ledger l"
-                "  WHERE l.account_id = a.account_id) FROM accounts a"
-            ):
-                if bal != total:
-                    problems.append(f"account {acct}: balance {bal} != ledger sum {total}")
-            running: dict[str, int] = {}
-            for eid, acct, amount, after in conn.execute(
-                "SELECT entry_id, account_id, amount_micro, balance_after_micro FROM ledger ORDER BY entry_id"
-            ):
-                running[acct] = running.get(acct, 0) + amount
-                if running[acct] != after:
-                    problems.append(f"ledger entry {eid}: balance_after {after} != {running[acct]}")
-            for sid, billed, charged in conn.execute(
-                "SELECT s.session_id, s.billed_micro,"
-                " (SELECT COALESCE(-SUM(amount_micro), 0) FROM ledger l"
-                "  WHERE l.session_id = s.session_id AND l.kind = 'charge') FROM sessions s"
-            ):
-                if billed != charged:
-                    problems.append(f"session {sid}: billed {billed} != charged {charged}")
-            return problems
-
-        return await self._call(fn, write=False)
+        return await self._call(integrity_problems, write=False)
 
 
 def _session_snapshots(conn: sqlite3.Connection, args: list[Any]) -> list[outcome.Outcome[Any]]:
@@ -1730,3 +1704,35 @@ if TYPE_CHECKING:
 
     def _implements_store(store: SqliteStore) -> Store:
         return store  # mypy checks that SqliteStore satisfies the Store protocol
+
+
+def integrity_problems(conn: sqlite3.Connection) -> list[str]:
+    """The ledger's invariants, checked on ``conn`` (empty if all hold): every account's
+    balance == the sum of its ledger, the balance_after chain, unique idempotency keys,
+    and every session's billed total == its charges."""
+    problems: list[str] = []
+    for acct, bal, total in conn.execute(
+        "SELECT a.account_id, a.balance_micro, COALESCE(SUM(l.amount_micro), 0)"
+        " FROM accounts a LEFT JOIN ledger l ON l.account_id = a.account_id"
+        " GROUP BY a.account_id"
+    ):
+        if bal != total:
+            problems.append(f"account {acct}: balance {bal} != ledger sum {total}")
+    running: dict[str, int] = {}
+    for eid, acct, amount, after in conn.execute(
+        "SELECT entry_id, account_id, amount_micro, balance_after_micro FROM ledger ORDER BY entry_id"
+    ):
+        running[acct] = running.get(acct, 0) + amount
+        if running[acct] != after:
+            problems.append(f"ledger entry {eid}: balance_after {after} != {running[acct]}")
+    (dups,) = conn.execute("SELECT COUNT(*) - COUNT(DISTINCT idempotency_key) FROM ledger").fetchone()
+    if dups:
+        problems.append(f"{dups} duplicate idempotency keys")
+    for sid, billed, charged in conn.execute(
+        "SELECT s.session_id, s.billed_micro, COALESCE(-SUM(l.amount_micro), 0)"
+        " FROM sessions s LEFT JOIN ledger l ON l.session_id = s.session_id AND l.kind = 'charge'"
+        " GROUP BY s.session_id"
+    ):
+        if billed != charged:
+            problems.append(f"session {sid}: billed {billed} != charged {charged}")
+    return problems

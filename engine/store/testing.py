@@ -12,6 +12,7 @@ from os import PathLike
 
 from engine.policy.types import AccountSnapshot, Code
 from engine.store.base import AdmissionCheck, Checkpoint, Refusal, SessionStart
+from engine.store.sqlite import integrity_problems
 
 T0 = 1_700_000_000.0  # 2023-11-14T22:13:20Z: a fixed "now" for tests
 
@@ -84,32 +85,7 @@ def audit(db_path: str | PathLike[str]) -> list[str]:
     """
     conn = sqlite3.connect(str(db_path))
     try:
-        problems: list[str] = []
-        for acct, bal, total in conn.execute(
-            "SELECT a.account_id, a.balance_micro, COALESCE(SUM(l.amount_micro), 0)"
-            " FROM accounts a LEFT JOIN ledger l ON l.account_id = a.account_id"
-            " GROUP BY a.account_id"
-        ):
-            if bal != total:
-                problems.append(f"{acct}: balance {bal} != sum(ledger) {total}")
-        running: dict[str, int] = {}
-        for eid, acct, amount, after in conn.execute(
-            "SELECT entry_id, account_id, amount_micro, balance_after_micro FROM ledger ORDER BY entry_id"
-        ):
-            running[acct] = running.get(acct, 0) + amount
-            if running[acct] != after:
-                problems.append(f"entry {eid}: balance_after {after} != {running[acct]}")
-        (dups,) = conn.execute("SELECT COUNT(*) - COUNT(DISTINCT idempotency_key) FROM ledger").fetchone()
-        if dups:
-            problems.append(f"{dups} duplicate idempotency keys")
-        for sid, billed, charged in conn.execute(
-            "SELECT s.session_id, s.billed_micro, COALESCE(-SUM(l.amount_micro), 0)"
-            " FROM sessions s LEFT JOIN ledger l ON l.session_id = s.session_id AND l.kind = 'charge'"
-            " GROUP BY s.session_id"
-        ):
-            if billed != charged:
-                problems.append(f"session {sid}: billed {billed} != charged {charged}")
-        return problems
+        return integrity_problems(conn)
     finally:
         conn.close()
 

@@ -117,6 +117,7 @@ class Engine:
         self._stopped = trio.Event()
         self._closing = False
         self._background: trio.CancelScope | None = None
+        self._drained = trio.Event()  # set when the last actor ends during shutdown
 
     # ---- time ---------------------------------------------------------------
 
@@ -269,8 +270,6 @@ class Engine:
             if self._closing and not self._actors:
                 self._drained.set()
 
-    _drained = trio.Event()
-
     async def _lease_loop(self) -> None:
         s = self.settings
         while True:
@@ -311,7 +310,6 @@ class Engine:
             await self._stopped.wait()
             return
         self._closing = True
-        self._drained = trio.Event()
         if self._listen_scope is not None:
             self._listen_scope.cancel()
         for actor in list(self._actors):

@@ -30,7 +30,7 @@ import msgspec
 import trio
 from trio_websocket import ConnectionClosed
 
-from engine.audio import AudioFormatError, StreamDecoder, bytes_per_sample, check_format
+from engine.audio import AudioFormatError, StreamDecoder, bytes_per_sample
 from engine.dialects.base import (
     AudioChunk,
     ClientClose,
@@ -96,7 +96,6 @@ class SessionActor:
 
     async def run(self) -> None:
         """Run the whole session; never raises (the session's error boundary)."""
-        receipt = None
         try:
             with trio.CancelScope() as scope:
                 self._scope = scope
@@ -124,10 +123,9 @@ class SessionActor:
             )
         try:
             with trio.CancelScope(shield=True):
-                receipt = await self._settle_and_close()
+                await self._settle_and_close()
         except Exception:  # pragma: no cover - last line of defence
             log.exception("session %s: settlement failed", self.session_id)
-        del receipt
 
     # ---- start ------------------------------------------------------------
 
@@ -164,7 +162,7 @@ class SessionActor:
         if plan is None:
             raise RuntimeError(f"account {self.account.account_id} has unknown plan {self.account.plan!r}")
         fmt = start.audio
-        check_format(fmt.encoding, fmt.sample_rate, fmt.channels, engine.vad.frame_ms)
+        # validates the format (AudioFormatError -> INVALID_AUDIO_FORMAT) before admission
         decoder = StreamDecoder(fmt.encoding, fmt.sample_rate, fmt.channels, engine.vad)
 
         session_id = start.resume or uuid.uuid4().hex
@@ -238,7 +236,7 @@ class SessionActor:
                     await self._receiver(None)
                 nursery.cancel_scope.cancel()
         finally:
-            connection_on_ping(self.conn, None)  # type: ignore[arg-type]
+            connection_on_ping(self.conn, None)
 
     # ---- tasks ------------------------------------------------------------
 
@@ -415,10 +413,10 @@ class SessionActor:
 
     # ---- end --------------------------------------------------------------
 
-    async def _settle_and_close(self) -> object | None:
+    async def _settle_and_close(self) -> None:
         """Settle exactly once, then send the dialect's last messages and close."""
         if self.settled.is_set():
-            return None
+            return
         reason, code, message = self._end or (EndReason.INTERNAL, Code.INTERNAL_ERROR, "ended")
         receipt = None
         engine = self.engine
@@ -459,4 +457,3 @@ class SessionActor:
                 await self.conn.aclose(close_code, close_reason)
             except (ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
-        return receipt

@@ -50,11 +50,6 @@ def install_ping_hook() -> None:
     _installed = True
 
 
-def set_ping_callback(conn: object, callback: Callable[[], None] | None) -> None:
-    if isinstance(conn, WebSocketConnection):
-        setattr(conn, _PING_ATTR, callback)
-
-
 class MemoryConnection:
     """One end of an in-memory message connection (see :func:`memory_connection_pair`).
 
@@ -71,6 +66,7 @@ class MemoryConnection:
         self._receive = receive
         self.closed: CloseReason | None = None
         self.on_ping: Callable[[], None] | None = None
+        self._peer: MemoryConnection | None = None  # the other end (set by memory_connection_pair)
 
     async def get_message(self) -> str | bytes:
         if self.closed is not None:
@@ -101,10 +97,8 @@ class MemoryConnection:
     async def ping(self) -> None:
         """A transport-level keepalive (what a WebSocket ping is)."""
         # delivered out of band: the peer's on_ping is called directly
-        if self._peer_on_ping is not None:
-            self._peer_on_ping()
-
-    _peer_on_ping: Callable[[], None] | None = None
+        if self._peer is not None and self._peer.on_ping is not None:
+            self._peer.on_ping()
 
     async def aclose(self, code: int = 1000, reason: str | None = None) -> None:
         if self.closed is not None:
@@ -129,14 +123,13 @@ def memory_connection_pair(buffer: int = 64) -> tuple[MemoryConnection, MemoryCo
     b_send, a_recv = trio.open_memory_channel[str | bytes | CloseReason](buffer)
     a = MemoryConnection(a_send, a_recv)
     b = MemoryConnection(b_send, b_recv)
-    a._peer_on_ping = lambda: b.on_ping() if b.on_ping else None
-    b._peer_on_ping = lambda: a.on_ping() if a.on_ping else None
+    a._peer, b._peer = b, a
     return a, b
 
 
-def connection_on_ping(conn: object, callback: Callable[[], None]) -> None:
-    """Route transport-level pings on ``conn`` to ``callback``."""
+def connection_on_ping(conn: object, callback: Callable[[], None] | None) -> None:
+    """Route transport-level pings on ``conn`` to ``callback`` (None: stop)."""
     if isinstance(conn, MemoryConnection):
         conn.on_ping = callback
-    else:
-        set_ping_callback(conn, callback)
+    elif isinstance(conn, WebSocketConnection):
+        setattr(conn, _PING_ATTR, callback)

@@ -64,12 +64,6 @@ class SessionInfo(msgspec.Struct, frozen=True, kw_only=True):
     resumed: bool = False
 
 
-class Outgoing(msgspec.Struct, frozen=True):
-    """One message to send: text (JSON) or binary."""
-
-    data: str | bytes
-
-
 class Dialect(Protocol):
     """A wire protocol. One instance per connection (it may keep per-session state)."""
 
